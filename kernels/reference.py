@@ -23,6 +23,11 @@ import torch
 LOG2_EPS = 1e-12  # keeps log2(0) finite; p_j = 0 contributes 0 to H in the limit anyway
 
 
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """Compute in fp32, or in fp64 when given fp64 (numerical gradient checks)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _as_nc(z: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (C, B*h*w) view in fp32, the layout histograms are reduced over."""
     b, c = z.shape[:2]
@@ -31,7 +36,7 @@ def _as_nc(z: torch.Tensor) -> torch.Tensor:
 
 def soft_assign(z: torch.Tensor, centres: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (w, d): soft assignment weights and squared distances, shape z.shape + (L,), fp32."""
-    diff = z.float().unsqueeze(-1) - centres.float()  # (..., L)
+    diff = _f32(z).unsqueeze(-1) - _f32(centres)  # (..., L)
     d = diff * diff
     w = torch.softmax(-sigma * d, dim=-1)
     return w, d
@@ -44,7 +49,7 @@ def quantize_reference(z: torch.Tensor, centres: torch.Tensor, sigma: float) -> 
       z_q (z's dtype), symbols (uint8, z's shape), soft_hist (C, L) fp32, hard_hist (C, L) int64.
     """
     w, d = soft_assign(z, centres, sigma)  # (B, C, h, w, L)
-    c32 = centres.float()
+    c32 = _f32(centres)
     z_soft = (w * c32).sum(-1)
     symbols = torch.argmin(d, dim=-1)  # torch returns the first minimum: ties -> lowest index
     z_hard = c32[symbols]
@@ -82,7 +87,7 @@ def symbols_reference(z: torch.Tensor, centres: torch.Tensor, bias: torch.Tensor
 
 def entropy_bits(hist: torch.Tensor) -> torch.Tensor:
     """H = -sum p log2 p of a histogram (..., L) summed over all leading dims; bits per symbol."""
-    h = hist.float().reshape(-1, hist.shape[-1]).sum(0)
+    h = _f32(hist).reshape(-1, hist.shape[-1]).sum(0)
     p = h / h.sum().clamp_min(LOG2_EPS)
     return -(p * torch.log2(p.clamp_min(LOG2_EPS))).sum()
 

@@ -23,7 +23,7 @@ class CodecConfig:
     L: int = 6  # quantization centres (the symbol alphabet size)
     N: int = 64  # feature width of the residual trunk (Theis et al. use 128; 64 keeps 3 codecs < 15 MB)
     target_bpp: float = 0.635  # the operating point; H_t = target_bpp * 64 / C bits per symbol
-    beta: float = 50.0  # weight of the entropy hinge in MSE(0..255 scale) + beta * max(H - H_t, 0)
+    beta: float = 600.0  # weight of the entropy hinge in MSE(0..255 scale) + beta * max(H - H_t, 0)
     sigma: float = 1.0  # initial softmax sharpness of the soft assignment (see train.codec for the schedule)
     centre_range: float = 2.0  # centres start evenly spaced in [-range, range]
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])  # fixed input normalisation, saved with the weights

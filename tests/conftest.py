@@ -1,0 +1,38 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from latentstore.codec.model import CodecConfig, LatentCodec
+from latentstore.codec.zoo import floor_frequencies, load_codec_file, save_codec
+from latentstore.photos import resize_shorter, skimage_photo_path
+from latentstore.imageio import load_image
+
+
+def make_codec_file(path: str, C: int = 8, N: int = 16, name: str = "test-c8", seed: int = 0) -> str:
+    """A real (untrained, seeded) codec with frequencies frozen from a real photo's symbols."""
+    torch.manual_seed(seed)
+    model = LatentCodec(CodecConfig(name=name, C=C, N=N, target_bpp=0.3)).eval()
+    rgb = resize_shorter(load_image(skimage_photo_path("astronaut")), 128)
+    with torch.no_grad():
+        z = model.encode(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255)
+        hist = model.quantizer.symbols(z)["hard_hist"].numpy()
+    save_codec(model, floor_frequencies(hist, 1e-2), path, {"note": "test codec"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def codec_path(tmp_path_factory):
+    return make_codec_file(str(tmp_path_factory.mktemp("codec") / "test-c8.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def codec(codec_path):
+    return load_codec_file(codec_path)
+
+
+@pytest.fixture(scope="session")
+def photo():
+    """A real photo (scikit-image's astronaut), 96x96 after downscaling, cropped to an odd size."""
+    return np.ascontiguousarray(resize_shorter(load_image(skimage_photo_path("astronaut")), 96)[:93, :85])
