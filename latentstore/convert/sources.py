@@ -1,0 +1,152 @@
+"""Listing a conversion's inputs, in a deterministic order, from any of the four SRC forms.
+
+- an ImageNet-style tree  SRC/<class>/<image>   labels from the sorted folder names;
+- a flat folder           SRC/<image>           unlabelled (-1);
+- a list file             one `path [label [mask_path]]` per line (label: integer or class name);
+- WebDataset tar shards   SRC/*.tar or a single .tar, members KEY.jpg|png|... with optional KEY.cls.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from ..imageio import IMAGE_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class InputItem:
+    ref: str  # a file path, or "TAR::MEMBER" for a member of a tar shard
+    label: int  # -1 when unlabelled
+    mask: str | None = None  # optional mask image path (list files only)
+    tar_offset: int = -1  # where a tar member's data starts
+    tar_size: int = -1
+
+    def read(self) -> bytes:
+        if self.tar_offset >= 0:
+            tar = self.ref.split("::", 1)[0]
+            fd = os.open(tar, os.O_RDONLY)
+            try:
+                return os.pread(fd, self.tar_size, self.tar_offset)
+            finally:
+                os.close(fd)
+        with open(self.ref, "rb") as f:
+            return f.read()
+
+
+@dataclass
+class InputListing:
+    items: list[InputItem]
+    label_names: list[str]
+    notes: list[dict]  # things worth recording that are not inputs (an empty class folder, ...)
+    kind: str  # tree | flat | list | wds
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for it in self.items:
+            h.update(f"{it.ref}\t{it.label}\t{it.mask}\n".encode())
+        return h.hexdigest()
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_inputs(src: str) -> InputListing:
+    if not os.path.exists(src):
+        raise UsageError(f"{src}: no such file or directory")
+    if os.path.isfile(src):
+        if src.endswith(".tar"):
+            return _list_tars([src])
+        return _list_file(src)
+    entries = sorted(os.listdir(src))
+    tars = [os.path.join(src, e) for e in entries if e.endswith(".tar")]
+    if tars and not any(_is_image(e) for e in entries):
+        return _list_tars(tars)
+    dirs = [e for e in entries if os.path.isdir(os.path.join(src, e)) and not e.startswith(".")]
+    if dirs:
+        return _list_tree(src, dirs)
+    items = [InputItem(os.path.join(src, e), -1) for e in entries if _is_image(e) and not os.path.isdir(os.path.join(src, e))]
+    if not items:
+        raise UsageError(f"{src}: no images found (expected SRC/<class>/<image>, images, a list file or .tar shards)")
+    return InputListing(items, [], [], "flat")
+
+
+def _list_tree(src: str, dirs: list[str]) -> InputListing:
+    items, notes = [], []
+    for label, d in enumerate(dirs):
+        files = []
+        for root, subdirs, names in os.walk(os.path.join(src, d)):
+            subdirs.sort()
+            files += [os.path.join(root, n) for n in sorted(names) if _is_image(n)]
+        if not files:
+            notes.append({"path": os.path.join(src, d), "reason": "class folder has no images"})
+        items += [InputItem(f, label) for f in files]
+    if not items:
+        raise UsageError(f"{src}: class folders hold no images")
+    return InputListing(items, dirs, notes, "tree")
+
+
+def _list_file(path: str) -> InputListing:
+    base = os.path.dirname(os.path.abspath(path))
+    rows = []
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a list file (expected text lines `path [label [mask]]`)") from None
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split("\t") if "\t" in line else line.split()
+        if len(parts) > 3:
+            raise UsageError(f"{path}:{n}: expected `path [label [mask]]`, got {len(parts)} fields")
+        p = parts[0] if os.path.isabs(parts[0]) else os.path.join(base, parts[0])
+        mask = None
+        if len(parts) == 3:
+            mask = parts[2] if os.path.isabs(parts[2]) else os.path.join(base, parts[2])
+        rows.append((p, parts[1] if len(parts) > 1 else None, mask))
+    if not rows:
+        raise UsageError(f"{path}: list file names no images")
+    raw = [r[1] for r in rows if r[1] is not None]
+    if raw and all(v.lstrip("-").isdigit() for v in raw):
+        names = [str(i) for i in range(max(int(v) for v in raw) + 1)]
+        lab = {v: int(v) for v in raw}
+    else:
+        names = sorted(set(raw))
+        lab = {v: i for i, v in enumerate(names)}
+    items = [InputItem(p, lab[l] if l is not None else -1, m) for p, l, m in rows]
+    return InputListing(items, names, [], "list")
+
+
+def _list_tars(tars: list[str]) -> InputListing:
+    items, classes, notes = [], [], []
+    for t in tars:
+        try:
+            with tarfile.open(t, "r") as tf:
+                members = [m for m in tf if m.isfile()]
+                cls = {}
+                for m in members:
+                    key, _, ext = m.name.partition(".")
+                    if ext == "cls":
+                        cls[key] = tf.extractfile(m).read().decode().strip()
+                for m in members:
+                    key, _, ext = m.name.partition(".")
+                    if _is_image(m.name):
+                        items.append((t, m, cls.get(key)))
+        except (tarfile.TarError, OSError) as e:
+            notes.append({"path": t, "reason": f"unreadable tar shard ({e})"})
+    if not items:
+        raise UsageError(f"no images found in {len(tars)} tar shard(s)")
+    raw = sorted({c for _, _, c in items if c is not None})
+    if raw and all(v.lstrip("-").isdigit() for v in raw):
+        names = [str(i) for i in range(max(int(v) for v in raw) + 1)]
+        lab = {v: int(v) for v in raw}
+    else:
+        names, lab = raw, {v: i for i, v in enumerate(raw)}
+    out = [InputItem(f"{t}::{m.name}", lab[c] if c is not None else -1, None, m.offset_data, m.size)
+           for t, m, c in items]
+    return InputListing(out, names, notes, "wds")

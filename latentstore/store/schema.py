@@ -1,0 +1,101 @@
+"""The one schema shared by the store writer and reader (FFCV-style: self-describing, versioned).
+
+Zarr stores keep it in the root group's attributes under "latentstore"; WebDataset stores in
+`schema.json` beside the shards. The codec's weights travel in `codec.safetensors`, so a store
+decodes to pixels from the store alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from ..errors import StoreError
+
+SCHEMA_VERSION = 1
+KINDS = ("zarr", "wds")
+CODEC_FILE = "codec.safetensors"
+PARTS_DIR = "_parts"
+
+
+@dataclass
+class StoreSchema:
+    kind: str  # "zarr" | "wds"
+    codec: dict  # id, weights_hash, C, L, centres (L floats), freqs (C x L ints)
+    policy: dict  # mode: "fixed" | "native"; size: S (fixed); how images were resized / padded
+    shard_size: int  # input slots per shard: shard k holds inputs [k*S, (k+1)*S)
+    num_slots: int  # inputs listed (valid + rejected): the length of the zarr arrays
+    label_names: list  # index -> class name
+    inputs_sha256: str  # of the sorted input listing: a resume must see the same inputs
+    name: str = "latents"  # WebDataset shard prefix: NAME-000000.tar
+    has_masks: bool = False  # per-sample segmentation masks stored beside the latents
+    complete: bool = False  # True once every shard is committed and totals are written
+    num_samples: int = 0  # valid samples stored
+    num_rejected: int = 0  # inputs skipped, each with a reason in `rejects`
+    rejects: list = field(default_factory=list)  # [{"path", "reason"}]
+    notes: list = field(default_factory=list)  # findings that are not inputs, e.g. an empty class folder
+    totals: dict = field(default_factory=dict)  # source_bytes, source_pixels, stored_pixels, latent_bytes, entropy_bits
+    checksums: dict = field(default_factory=dict)  # relative file path -> sha256, for every committed file
+    format: str = "latentstore"
+    schema_version: int = SCHEMA_VERSION
+    created: str = ""  # ISO date of creation
+    latentstore_version: str = ""  # the writer's package version
+
+    @property
+    def num_shards(self) -> int:
+        return (self.num_slots + self.shard_size - 1) // self.shard_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "store") -> "StoreSchema":
+        if d.get("format") != "latentstore":
+            raise StoreError(f"{where}: not a latentstore store (no latentstore schema)")
+        v = d.get("schema_version")
+        if v != SCHEMA_VERSION:
+            raise StoreError(f"{where}: schema version {v} is not supported by this reader (it knows {SCHEMA_VERSION}); "
+                             "upgrade latentstore")
+        if d.get("kind") not in KINDS:
+            raise StoreError(f"{where}: unknown store kind {d.get('kind')!r} (known: {', '.join(KINDS)})")
+        missing = [k for k in ("codec", "policy", "shard_size", "num_slots", "label_names") if k not in d]
+        if missing:
+            raise StoreError(f"{where}: schema is missing {', '.join(missing)}")
+        cmissing = [k for k in ("id", "weights_hash", "C", "L", "centres", "freqs") if k not in d["codec"]]
+        if cmissing:
+            raise StoreError(f"{where}: schema's codec entry is missing {', '.join(cmissing)}")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def write_json_atomic(obj, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def detect_kind(path: str) -> str:
+    if os.path.exists(os.path.join(path, "zarr.json")):
+        return "zarr"
+    if os.path.exists(os.path.join(path, "schema.json")):
+        return "wds"
+    if not os.path.exists(path):
+        raise StoreError(f"{path}: no such store")
+    raise StoreError(f"{path}: not a latentstore store (neither zarr.json nor schema.json)")
+
+
+def read_schema(path: str) -> StoreSchema:
+    kind = detect_kind(path)
+    try:
+        if kind == "zarr":
+            with open(os.path.join(path, "zarr.json")) as f:
+                d = json.load(f).get("attributes", {}).get("latentstore", {})
+        else:
+            with open(os.path.join(path, "schema.json")) as f:
+                d = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise StoreError(f"{path}: unreadable schema ({e})") from None
+    return StoreSchema.from_dict(d, path)

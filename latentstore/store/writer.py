@@ -1,0 +1,229 @@
+"""Writing a latent store, one shard at a time, by one or many processes.
+
+Slots: the sorted input list is cut into shards of `shard_size` inputs; shard k holds inputs
+[k*S, (k+1)*S) at the same slots, valid samples in place and rejected ones left as padding
+(`valid` is False there). So a shard's bytes depend on its inputs alone: any rank can write
+any shard, a resumed run rewrites exactly what an uninterrupted one would have, and ranks never
+touch the same file.
+
+Commit protocol: a shard's files are written (zarr writes each file atomically), then
+`_parts/shard-K.json` records its sample count, rejects, totals and sha256 checksums, written
+atomically. A shard without its part file does not exist: resume rewrites it. `finalize`
+(run by the single process, or `latentstore merge` after all ranks) writes the complete schema.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import __version__
+from ..errors import StoreError, UsageError
+from .schema import CODEC_FILE, PARTS_DIR, StoreSchema, read_schema, write_json_atomic
+
+INIT_MARKER = "INIT.json"  # in _parts/: written last by the rank that creates the store
+
+
+@dataclass
+class Sample:
+    slot: int  # global input index: the sample's position in the store
+    label: int  # class index (-1: unlabelled)
+    symbols: np.ndarray  # (C, h, w) uint8
+    size: tuple  # original image (H, W)
+    stored_size: tuple  # pixels the encoder saw (H, W): S x S in fixed mode
+    source: str  # where it came from (path, or tar:member)
+    source_bytes: int  # the encoded input file's size
+    bitstream: bytes = b""  # the full latentstore bitstream (header + ANS payload)
+    mask: np.ndarray | None = None  # (H', W') uint8 class mask at the stored resolution
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_entropy_bits(samples: list[Sample], freqs: np.ndarray) -> float:
+    """Cross-entropy of the shard's symbols under the frozen model: the entropy-estimated size."""
+    if not samples:
+        return 0.0
+    logp = np.log2(freqs / freqs.sum(1, keepdims=True))
+    C = freqs.shape[0]
+    hist = np.zeros_like(freqs, dtype=np.int64)
+    for s in samples:
+        flat = s.symbols.reshape(C, -1).astype(np.int64)
+        hist += np.stack([np.bincount(flat[c], minlength=freqs.shape[1]) for c in range(C)])
+    return float(-(hist * logp).sum())
+
+
+class StoreWriter:
+    """Create or resume a store at `root`; write shards; finalize."""
+
+    def __init__(self, root: str, schema: StoreSchema):
+        self.root = root
+        self.schema = schema
+        self.freqs = np.asarray(schema.codec["freqs"], dtype=np.int64)
+        self._zarr = None
+
+    # ----------------------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, root: str, schema: StoreSchema, codec_file: str, resume: bool, rank: int = 0,
+             world: int = 1, wait_s: float = 600.0) -> "StoreWriter":
+        """Rank 0 creates the store (or checks it on resume); other ranks wait for it to exist."""
+        marker = os.path.join(root, PARTS_DIR, INIT_MARKER)
+        if rank == 0 and os.path.exists(root) and not resume:
+            raise UsageError(f"{root} exists; pass --resume to continue it, or choose a new destination")
+        if rank == 0 and not os.path.exists(marker):
+            if os.path.exists(root) and os.listdir(root) and not os.path.exists(os.path.join(root, PARTS_DIR)):
+                raise UsageError(f"{root} exists and is not a latentstore store; refusing to write into it")
+            cls._create(root, schema, codec_file)
+        t0 = time.time()
+        while not os.path.exists(marker):
+            if time.time() - t0 > wait_s:
+                raise StoreError(f"{root}: rank 0 has not created the store after {wait_s:.0f} s")
+            time.sleep(0.2)
+        with open(marker) as f:
+            existing = StoreSchema.from_dict(json.load(f), root)
+        for k in ("kind", "policy", "shard_size", "num_slots", "inputs_sha256", "label_names", "has_masks"):
+            if getattr(existing, k) != getattr(schema, k):
+                raise UsageError(f"cannot resume {root}: its {k} differs from this run's (different inputs or options)")
+        if existing.codec["weights_hash"] != schema.codec["weights_hash"]:
+            raise UsageError(f"cannot resume {root}: it was written by codec {existing.codec['id']} "
+                             f"({existing.codec['weights_hash']}), not {schema.codec['id']} ({schema.codec['weights_hash']})")
+        return cls(root, existing)
+
+    @classmethod
+    def _create(cls, root: str, schema: StoreSchema, codec_file: str) -> None:
+        schema.created = schema.created or time.strftime("%Y-%m-%d")
+        schema.latentstore_version = __version__
+        if schema.kind == "zarr":
+            from .zarr_layout import create_arrays
+            create_arrays(root, schema)  # first: zarr's mode="w" clears the directory
+        os.makedirs(os.path.join(root, PARTS_DIR), exist_ok=True)
+        shutil.copyfile(codec_file, os.path.join(root, CODEC_FILE))
+        if schema.kind == "wds":
+            write_json_atomic(schema.to_dict(), os.path.join(root, "schema.json"))
+        write_json_atomic(schema.to_dict(), os.path.join(root, PARTS_DIR, INIT_MARKER))
+
+    # ----------------------------------------------------------------------------- shards
+    def part_path(self, k: int) -> str:
+        return os.path.join(self.root, PARTS_DIR, f"shard-{k:06d}.json")
+
+    def committed(self) -> set[int]:
+        d = os.path.join(self.root, PARTS_DIR)
+        return {int(f[6:12]) for f in os.listdir(d) if f.startswith("shard-") and f.endswith(".json")}
+
+    def shard_slots(self, k: int) -> range:
+        S = self.schema.shard_size
+        return range(k * S, min((k + 1) * S, self.schema.num_slots))
+
+    def write_shard(self, k: int, samples: list[Sample], rejects: list[dict]) -> dict:
+        slots = self.shard_slots(k)
+        assert all(s.slot in slots for s in samples), "sample outside its shard"
+        samples = sorted(samples, key=lambda s: s.slot)
+        if self.schema.kind == "zarr":
+            from .zarr_layout import write_zarr_shard
+            files = write_zarr_shard(self.root, self.schema, k, slots, samples)
+        else:
+            files = [self._write_tar(k, samples)]
+        checksums = {os.path.relpath(f, self.root): sha256_file(f) for f in files}
+        latent_bytes = sum(os.path.getsize(f) for f in files
+                           if os.path.relpath(f, self.root).split(os.sep)[0] in ("latents", "bitstreams") or f.endswith(".tar"))
+        part = {
+            "shard": k, "samples": len(samples), "rejects": rejects, "checksums": checksums,
+            "totals": {
+                "source_bytes": int(sum(s.source_bytes for s in samples)),
+                "source_pixels": int(sum(s.size[0] * s.size[1] for s in samples)),
+                "stored_pixels": int(sum(s.stored_size[0] * s.stored_size[1] for s in samples)),
+                "latent_bytes": int(latent_bytes),
+                "payload_bytes": int(sum(len(s.bitstream) for s in samples)),
+                "entropy_bits": shard_entropy_bits(samples, self.freqs),
+            },
+        }
+        write_json_atomic(part, self.part_path(k))
+        return part
+
+    def tar_name(self, k: int) -> str:
+        return os.path.join(self.root, f"{self.schema.name}-{k:06d}.tar")
+
+    def _write_tar(self, k: int, samples: list[Sample]) -> str:
+        path = self.tar_name(k)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
+            for s in samples:
+                key = sample_key(s.slot)
+                meta = {"size": list(s.size), "stored_size": list(s.stored_size), "source": s.source,
+                        "label": s.label, "slot": s.slot}
+                members = [(f"{key}.latent", s.bitstream), (f"{key}.cls", str(s.label).encode()),
+                           (f"{key}.json", json.dumps(meta, sort_keys=True).encode())]
+                if s.mask is not None:
+                    buf = io.BytesIO()
+                    np.save(buf, s.mask, allow_pickle=False)
+                    members.append((f"{key}.mask.npy", buf.getvalue()))
+                for name, data in members:
+                    ti = tarfile.TarInfo(name)
+                    ti.size = len(data)
+                    ti.mtime = 0  # same inputs, same bytes
+                    ti.mode = 0o644
+                    tf.addfile(ti, io.BytesIO(data))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    # ----------------------------------------------------------------------------- finalize
+    def finalize(self) -> StoreSchema:
+        """Check every shard is committed, then write the complete schema (the store's commit)."""
+        return finalize_store(self.root)
+
+
+def sample_key(slot: int) -> str:
+    return f"s{slot:09d}"
+
+
+def finalize_store(root: str) -> StoreSchema:
+    marker = os.path.join(root, PARTS_DIR, INIT_MARKER)
+    if not os.path.exists(marker):
+        raise StoreError(f"{root}: not a latentstore store being written (no {PARTS_DIR}/{INIT_MARKER})")
+    with open(marker) as f:
+        schema = StoreSchema.from_dict(json.load(f), root)
+    parts = {}
+    d = os.path.join(root, PARTS_DIR)
+    for f in sorted(os.listdir(d)):
+        if f.startswith("shard-") and f.endswith(".json"):
+            with open(os.path.join(d, f)) as fh:
+                p = json.load(fh)
+            parts[p["shard"]] = p
+    missing = [k for k in range(schema.num_shards) if k not in parts]
+    if missing:
+        raise StoreError(f"{root}: {len(missing)} of {schema.num_shards} shards are not written yet "
+                         f"(first missing: {missing[0]}); run the remaining ranks, or convert --resume")
+    totals: dict = {}
+    for p in parts.values():
+        for key, v in p["totals"].items():
+            totals[key] = totals.get(key, 0) + v
+    schema.num_samples = sum(p["samples"] for p in parts.values())
+    schema.rejects = [r for k in sorted(parts) for r in parts[k]["rejects"]]
+    schema.num_rejected = len(schema.rejects)
+    notes = os.path.join(d, "notes.json")
+    if os.path.exists(notes):
+        with open(notes) as fh:
+            schema.notes = json.load(fh)
+    schema.totals = totals
+    schema.checksums = {name: h for k in sorted(parts) for name, h in parts[k]["checksums"].items()}
+    schema.complete = True
+    if schema.kind == "zarr":
+        from .zarr_layout import write_root_attrs
+        write_root_attrs(root, schema)
+    else:
+        write_json_atomic(schema.to_dict(), os.path.join(root, "schema.json"))
+    return read_schema(root)
