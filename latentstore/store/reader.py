@@ -170,3 +170,25 @@ class LatentStore:
 
 def open_store(path: str, allow_incomplete: bool = False) -> LatentStore:
     return LatentStore(path, read_schema(path), allow_incomplete)
+
+
+def webdataset_decoder(store_path: str, output: str = "symbols"):
+    """A `webdataset` decode handler for `.latent` members, built from the store's own schema:
+
+        ds = webdataset.WebDataset(shards).decode(webdataset_decoder(store_dir))
+        sample["latent"]  # (C, h, w) uint8 symbols, or floats with output="float"
+    """
+    schema = read_schema(store_path)
+    freqs = np.asarray(schema.codec["freqs"], dtype=np.int64)
+    centres = np.asarray(schema.codec["centres"], dtype=np.float32)
+
+    def handler(key: str, data: bytes):
+        if not key.endswith("latent"):
+            return None
+        header, words = unpack(data)
+        if header.weights_hash != schema.codec["weights_hash"]:
+            raise StoreError(f"{key}: made by codec {header.codec_id}, not the store's {schema.codec['id']}")
+        sym = decode_symbols(words, freqs, (header.C, header.h, header.w))
+        return centres[sym] if output == "float" else sym
+
+    return handler

@@ -1,0 +1,202 @@
+"""PyTorch readers over latent stores, built for training throughput and exact resume.
+
+One order for everything: `epoch_indices(n, epoch, seed, rank, world)` is a seeded permutation,
+padded by wrapping so every rank gets the same count, split rank::world. Augmentation draws from
+a generator seeded by (seed, epoch, sample), so a sample's crop and flip do not depend on the
+worker that reads it, and the batches are the same whatever the number of workers.
+
+- `LatentMapDataset` + `EpochSampler`: random access (Zarr, or WebDataset through its tar index).
+- `LatentBatchStream`: an IterableDataset that yields whole batches; worker w builds batches
+  w, w + W, ..., which the DataLoader interleaves back in order (use batch_size=None).
+- `ResumableLoader`: wraps either; `state_dict()` = (epoch, batches done), and
+  `load_state_dict` continues the epoch at exactly the next batch.
+Symbols travel as uint8 (4x fewer bytes than fp32); `dequantize_on(device)` makes floats there.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+
+from .reader import LatentStore, open_store
+
+
+def epoch_indices(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True,
+                  pad: bool = True) -> np.ndarray:
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    if pad and n % world:
+        order = np.concatenate([order, order[: world - n % world]])  # every rank sees as many samples
+    return order[rank::world]
+
+
+class LatentAugment:
+    """Latent-space augmentation: random crop + horizontal flip (train), centre crop (eval)."""
+
+    def __init__(self, crop: int | None = 28, train: bool = True, flip: bool = True):
+        self.crop, self.train, self.flip = crop, train, flip
+
+    def __call__(self, sym: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator):
+        C, h, w = sym.shape
+        if self.crop and (h > self.crop or w > self.crop):
+            ch, cw = min(self.crop, h), min(self.crop, w)
+            if self.train:
+                y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            else:
+                y, x = (h - ch) // 2, (w - cw) // 2
+            sym = sym[:, y: y + ch, x: x + cw]
+            if mask is not None:
+                mask = mask[y * 8: (y + ch) * 8, x * 8: (x + cw) * 8]
+        if self.train and self.flip and rng.random() < 0.5:
+            sym = sym[:, :, ::-1]
+            mask = mask[:, ::-1] if mask is not None else None
+        return np.ascontiguousarray(sym), (np.ascontiguousarray(mask) if mask is not None else None)
+
+
+class LatentMapDataset(Dataset):
+    """Random access to a store's samples. Index with an int, or (index, epoch) from EpochSampler."""
+
+    def __init__(self, path: str, train: bool = True, crop: int | None = 28, output: str = "symbols",
+                 seed: int = 0, flip: bool = True):
+        if output not in ("symbols", "float"):
+            raise ValueError("output must be 'symbols' or 'float'")
+        self.path, self.output, self.seed = path, output, seed
+        self.augment = LatentAugment(crop, train, flip)
+        self._store: LatentStore | None = None
+        self.n = len(self.store)
+
+    @property
+    def store(self) -> LatentStore:
+        if self._store is None:  # opened lazily: once per DataLoader worker
+            self._store = open_store(self.path)
+        return self._store
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_store"] = None
+        return d
+
+    def __len__(self) -> int:
+        return self.n
+
+    def sample(self, i: int, epoch: int = 0) -> dict:
+        s = self.store
+        rng = np.random.default_rng([self.seed, epoch, i, 1])
+        sym, mask = self.augment(s.symbols(i), s.mask(i), rng)
+        out = {"latent": torch.from_numpy(s.dequantize(sym)) if self.output == "float" else torch.from_numpy(sym),
+               "label": int(s.labels[i]), "index": i}
+        if mask is not None:
+            out["mask"] = torch.from_numpy(mask)
+        return out
+
+    def __getitem__(self, key) -> dict:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
+        return self.sample(int(i), int(epoch))
+
+
+class EpochSampler(Sampler):
+    """Yields (index, epoch) for this rank; `start` skips samples already consumed (resume)."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1, pad: bool = True):
+        self.n, self.seed, self.shuffle, self.rank, self.world, self.pad = n, seed, shuffle, rank, world, pad
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        idx = epoch_indices(self.n, self.epoch, self.seed, self.rank, self.world, self.shuffle, self.pad)
+        for i in idx[self.start:]:
+            yield int(i), self.epoch
+
+    def __len__(self) -> int:
+        return len(epoch_indices(self.n, 0, self.seed, self.rank, self.world, False, self.pad)) - self.start
+
+
+def collate(samples: list[dict]) -> dict:
+    out = {"latent": torch.stack([s["latent"] for s in samples]),
+           "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+           "index": torch.tensor([s["index"] for s in samples], dtype=torch.long)}
+    if "mask" in samples[0]:
+        out["mask"] = torch.stack([s["mask"] for s in samples])
+    return out
+
+
+class LatentBatchStream(IterableDataset):
+    """Whole batches in the global order; worker w of W builds batches w, w+W, ... (DataLoader batch_size=None)."""
+
+    def __init__(self, path: str, batch_size: int, train: bool = True, crop: int | None = 28, output: str = "symbols",
+                 seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True, drop_last: bool = False):
+        self.ds = LatentMapDataset(path, train, crop, output, seed)
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def num_batches(self) -> int:
+        n = len(epoch_indices(self.ds.n, 0, self.seed, self.rank, self.world, False))
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __len__(self) -> int:
+        return self.num_batches() - self.start_batch
+
+    def __iter__(self):
+        idx = epoch_indices(self.ds.n, self.epoch, self.seed, self.rank, self.world, self.shuffle)
+        wi = get_worker_info()
+        wid, nw = (wi.id, wi.num_workers) if wi else (0, 1)
+        for b in range(self.start_batch + wid, self.num_batches(), nw):
+            chunk = idx[b * self.batch_size: (b + 1) * self.batch_size]
+            yield collate([self.ds.sample(int(i), self.epoch) for i in chunk])
+
+
+class ResumableLoader:
+    """A DataLoader that knows where it is in the epoch: state_dict()/load_state_dict() resume exactly."""
+
+    def __init__(self, dataset, batch_size: int, num_workers: int = 0, seed: int = 0, rank: int = 0, world: int = 1,
+                 shuffle: bool = True, pin_memory: bool = False, persistent_workers: bool = False):
+        self.dataset, self.batch_size = dataset, batch_size
+        self.kw = dict(num_workers=num_workers, pin_memory=pin_memory,
+                       persistent_workers=persistent_workers and num_workers > 0)
+        self.stream = isinstance(dataset, LatentBatchStream)
+        self.sampler = None if self.stream else EpochSampler(len(dataset), seed, shuffle, rank, world)
+        self.epoch, self.batches_done = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.batches_done = epoch, 0
+
+    def __len__(self) -> int:
+        if self.stream:
+            return self.dataset.num_batches()
+        return math.ceil(len(epoch_indices(self.sampler.n, 0, 0, self.sampler.rank, self.sampler.world, False))
+                         / self.batch_size)
+
+    def __iter__(self):
+        if self.stream:
+            self.dataset.set_epoch(self.epoch)
+            self.dataset.start_batch = self.batches_done
+            loader = DataLoader(self.dataset, batch_size=None, **self.kw)
+        else:
+            self.sampler.set_epoch(self.epoch)
+            self.sampler.start = self.batches_done * self.batch_size
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate,
+                                **self.kw)
+        for batch in loader:
+            self.batches_done += 1
+            yield batch
+        self.epoch, self.batches_done = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.epoch, self.batches_done = int(d["epoch"]), int(d["batches_done"])
+
+
+def dequantize_on(symbols: torch.Tensor, centres, device, dtype=torch.float32) -> torch.Tensor:
+    """uint8 symbols -> centre values on `device` (ship uint8 over PCIe, expand on the GPU)."""
+    c = torch.as_tensor(np.asarray(centres), dtype=dtype, device=device)
+    return c[symbols.to(device, non_blocking=True).long()]
