@@ -273,6 +273,20 @@ def decode(store, out_dir, indices):
     click.echo(f"wrote {len(idx)} PNGs to {out_dir}")
 
 
+# -------------------------------------------------------------------------------------- flops
+@main.command()
+@click.option("--size", default=224, show_default=True, help="RGB input side (latents are size/8)")
+@click.option("--codec-width", default=None, type=int, help="codec trunk width N [default: the shipped codecs']")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def flops(size, codec_width, as_json):
+    """GFLOPs of the encoder/decoder, ResNet-50/71 and cResNet-39/51/72, and the paper's comparison."""
+    from .codec.model import CodecConfig
+    from .models.flops import flop_table, format_flop_table
+    t = flop_table(size, codec_width or CodecConfig.N)
+    click.echo(json.dumps(t, indent=1) if as_json else format_flop_table(t))
+
+
 # --------------------------------------------------------------------------------------- demo
 @main.command()
 @click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False))

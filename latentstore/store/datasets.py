@@ -115,11 +115,10 @@ class EpochSampler(Sampler):
 
 
 def collate(samples: list[dict]) -> dict:
-    out = {"latent": torch.stack([s["latent"] for s in samples]),
-           "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
-           "index": torch.tensor([s["index"] for s in samples], dtype=torch.long)}
-    if "mask" in samples[0]:
-        out["mask"] = torch.stack([s["mask"] for s in samples])
+    """Stack tensors, tensor-ify ints: works for latent and RGB samples alike."""
+    out = {}
+    for k, v in samples[0].items():
+        out[k] = torch.stack([s[k] for s in samples]) if torch.is_tensor(v) else torch.tensor([s[k] for s in samples])
     return out
 
 

@@ -1,0 +1,64 @@
+"""Classifiers: the five names' layer counts, a few CPU training steps of each model, exact resume."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from latentstore.models.resnet import ARCHS, build, count_layers
+from latentstore_train.classify import ClassifyConfig, train
+from tests.store_fixtures import make_store, make_tree
+
+
+@pytest.mark.parametrize("name,k", [("resnet50", 50), ("resnet71", 71), ("cresnet39", 39), ("cresnet51", 51),
+                                    ("cresnet72", 72)])
+def test_layer_counts(name, k):
+    assert count_layers(build(name)) == k
+
+
+def test_shapes_and_output_stride():
+    x = torch.randn(2, 3, 64, 64)
+    assert build("resnet50", width=8, num_classes=7).forward_features(x).shape[-1] == 2
+    assert build("resnet50", width=8, output_stride=8).forward_features(x).shape[-1] == 8
+    z = torch.randn(2, 16, 8, 8)
+    assert build("cresnet51", in_channels=16, width=8).forward_features(z).shape[-1] == 2
+    assert build("cresnet51", in_channels=16, width=8, output_stride=1).forward_features(z).shape[-1] == 8
+    assert build("cresnet39", in_channels=16, width=8, num_classes=7)(z).shape == (2, 7)
+
+
+@pytest.fixture(scope="module")
+def stores(codec_path, tmp_path_factory):
+    d = tmp_path_factory.mktemp("cls")
+    src = make_tree(str(d / "src"), with_bad=False)
+    make_store(src, str(d / "s.zarr"), codec_path, size=64)
+    rng = np.random.default_rng(0)
+    np.savez(d / "rgb.npz", images=rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8),
+             labels=rng.integers(0, 3, 12), num_classes=3)
+    return {"store": str(d / "s.zarr"), "npz": str(d / "rgb.npz"), "src": src}
+
+
+@pytest.mark.parametrize("model", list(ARCHS))
+def test_a_few_training_steps_of_each_model(model, stores, tmp_path):
+    if model.startswith("cresnet"):
+        cfg = ClassifyConfig(input="latent", train=stores["store"], val=stores["store"], crop=6)
+    else:
+        cfg = ClassifyConfig(input="rgb", train=stores["npz"], val=stores["npz"])
+    cfg.model, cfg.width, cfg.depth_scale, cfg.batch_size, cfg.epochs, cfg.num_workers = model, 8, 0.3, 4, 1, 0
+    r = train(cfg, str(tmp_path), progress=False)
+    assert r["steps"] == -(-r["config"]["train_samples"] // 4) and all(np.isfinite(x["loss"]) for x in r["log"])
+    assert r["epochs"] and 0 <= r["epochs"][0]["top1"] <= 100
+    assert json.load(open(tmp_path / "config.json"))["model"] == model
+    assert os.path.exists(tmp_path / "curves.png")
+
+
+def test_recon_input_and_exact_resume(stores, tmp_path):
+    base = dict(input="recon", train=stores["store"], val=stores["store"], model="resnet50", width=8,
+                depth_scale=0.3, batch_size=2, epochs=2, num_workers=0)
+    straight = train(ClassifyConfig(**base, max_steps=9), str(tmp_path / "a"), progress=False)
+    train(ClassifyConfig(**base, max_steps=4), str(tmp_path / "b"), progress=False)  # stops mid-epoch
+    resumed = train(ClassifyConfig(**base, max_steps=9), str(tmp_path / "b"), progress=False)
+    a = [r["loss"] for r in straight["log"]]
+    b = [r["loss"] for r in resumed["log"]]
+    assert len(a) == len(b) == 9
+    assert a == b  # bit-for-bit: model, optimizer, loader position and augmentation all resume exactly

@@ -1,0 +1,64 @@
+"""Data helpers for the training jobs: stores decoded to RGB (cached), Fashion-MNIST from Debian's idx files."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+
+import numpy as np
+import torch
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                         "ankle-boot"]
+
+
+def cache_dir() -> str:
+    d = os.environ.get("LATENTSTORE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "latentstore"))
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+@torch.no_grad()
+def decoded_store(path: str, batch: int = 256) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every sample of a fixed-size store decoded to RGB by the store's own codec: (images, labels, classes).
+
+    Cached by the store's checksums, so a store is decoded once however many runs read it."""
+    from latentstore.store import open_store
+    s = open_store(path)
+    key = hashlib.sha256(repr(sorted(s.schema.checksums.items())).encode()).hexdigest()[:16]
+    cache = os.path.join(cache_dir(), f"recon-{key}.npz")
+    if os.path.exists(cache):
+        z = np.load(cache, allow_pickle=False)
+        return z["images"], z["labels"], int(z["num_classes"])
+    if s.mode != "fixed":
+        raise ValueError("decoding to an RGB training set needs a fixed-size store")
+    model = s.codec.model
+    size = s.schema.policy["size"]
+    out = np.empty((len(s), size, size, 3), np.uint8)
+    for b0 in range(0, len(s), batch):
+        sym = torch.from_numpy(np.stack([s.symbols(i) for i in range(b0, min(len(s), b0 + batch))]))
+        x = model.decode(model.quantizer.dequantize(sym))
+        out[b0: b0 + len(sym)] = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    labels = s.labels.astype(np.int64)
+    tmp = cache + f".tmp{os.getpid()}.npz"
+    np.savez(tmp, images=out, labels=labels, num_classes=len(s.schema.label_names))
+    os.replace(tmp, cache)
+    return out, labels, len(s.schema.label_names)
+
+
+def read_idx(path: str) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 28, 28) uint8, labels (N,)) from the Debian package dataset-fashion-mnist."""
+    prefix = "train" if split == "train" else "t10k"
+    imgs = os.path.join(FASHION_MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz")
+    if not os.path.exists(imgs):
+        raise SystemExit(f"{imgs} not found: apt-get install dataset-fashion-mnist")
+    return read_idx(imgs), read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz"))
