@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch pinned first: here 2.13.0 resolves to a local CPU wheel; unpinned it pulls GBs of CUDA wheels.
 	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# foolbox only for its 20 ImageNet sample JPEGs (the demo's dataset): no deps, none of its code is used
+	$(VPY) -m pip install -q --disable-pip-version-check --no-deps foolbox==3.3.4
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import constriction
 import numpy as np
@@ -45,9 +46,16 @@ class Header:
 
 
 def channel_models(freqs: np.ndarray) -> list:
-    """One categorical per channel from integer counts; float64 normalisation is exact and portable."""
-    freqs = np.asarray(freqs, dtype=np.float64)
-    return [constriction.stream.model.Categorical(f / f.sum(), perfect=False) for f in freqs]
+    """One categorical per channel from integer counts; float64 normalisation is exact and portable.
+    Cached per table: building C models costs more than decoding a small image."""
+    freqs = np.ascontiguousarray(freqs, dtype=np.int64)
+    return _models_cached(freqs.tobytes(), freqs.shape)
+
+
+@lru_cache(maxsize=32)
+def _models_cached(raw: bytes, shape: tuple) -> list:
+    f = np.frombuffer(raw, dtype=np.int64).reshape(shape).astype(np.float64)
+    return [constriction.stream.model.Categorical(row / row.sum(), perfect=False) for row in f]
 
 
 def encode_symbols(symbols: np.ndarray, freqs: np.ndarray) -> np.ndarray:

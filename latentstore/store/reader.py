@@ -64,6 +64,11 @@ class LatentStore:
             self._g = zarr.open_group(self.path, mode="r")
         return self._g
 
+    @cached_property
+    def shard_reader(self):
+        from .zarr_fast import ShardReader
+        return ShardReader.for_store(self.path, self.freqs)
+
     # ------------------------------------------------------------------------ tar indexing
     @property
     def tar_index(self) -> dict:
@@ -106,11 +111,12 @@ class LatentStore:
             return bytes(self.group["bitstreams"][slot: slot + 1][0])
         return None
 
-    def symbols(self, i: int) -> np.ndarray:
-        """(C, h, w) uint8 symbols of sample i."""
+    def symbols(self, i: int, checked: bool = False) -> np.ndarray:
+        """(C, h, w) uint8 symbols of sample i. checked=True reads Zarr through zarr itself (CRCs checked)."""
         slot = int(self.slots[i])
         if self.kind == "zarr" and self.mode == "fixed":
-            return self.group["latents"][slot]
+            fast = None if checked else self.shard_reader
+            return fast.read(slot) if fast is not None else self.group["latents"][slot]
         header, words = self.parse(self.bitstream(i), f"sample {i}")
         return decode_symbols(words, self.freqs, (header.C, header.h, header.w))
 

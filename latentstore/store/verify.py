@@ -43,7 +43,7 @@ def verify(path: str, progress=None) -> dict:
     n = 0
     for i in range(len(store) if not (schema.kind == "wds" and errors) else 0):
         try:
-            sym = store.symbols(i)
+            sym = store.symbols(i, checked=True)
             if sym.max(initial=0) >= schema.codec["L"]:
                 raise StoreError("symbols out of range")
             n += 1

@@ -1,0 +1,167 @@
+"""Loader benchmark: samples/s delivered to a training loop, all four sources measured in one run.
+
+    python benchmarks/loader.py [--images 600] [--codec ls-c32]
+
+(a) the Zarr latent store       LatentMapDataset: uint8 symbols, random 28x28 crop + flip
+(b) the WebDataset latent store LatentBatchStream: the same, read from the tar shards
+(c) the same images as JPEG files, Pillow decode + RandomResizedCrop(224) + flip (what users do today)
+(d) DALI CPU decoding of the same JPEGs: readers.file -> decoders.image -> random_resized_crop + flip
+Each is measured with one core (num_workers=0 / one DALI thread) and with every core, after a
+warm-up pass. Also bytes read per sample. The images: random crops (about ImageNet's average
+size, 400x350) of the offline photos, saved as JPEG q90, converted at 256x256.
+Results: benchmarks/results/loader.csv and loader.md.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def make_jpegs(root: str, n: int, seed: int = 0) -> str:
+    from PIL import Image
+    from latentstore.photos import available_photos, resize_shorter
+    done = os.path.join(root, ".done")
+    if os.path.exists(done):
+        return root
+    rng = np.random.default_rng(seed)
+    photos = [resize_shorter(p.load(), 700) for p in available_photos()]
+    for i in range(n):
+        a = photos[i % len(photos)]
+        h, w = a.shape[:2]
+        ch, cw = min(h, int(rng.integers(300, 400))), min(w, int(rng.integers(350, 500)))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        cls = f"c{i % 10}"
+        os.makedirs(os.path.join(root, cls), exist_ok=True)
+        Image.fromarray(a[y: y + ch, x: x + cw]).save(os.path.join(root, cls, f"{i:06d}.jpg"), quality=90)
+    open(done, "w").close()
+    return root
+
+
+def measure(make_iter, n_samples: int) -> float:
+    """samples/s over one full pass, after a warm-up pass."""
+    for _ in make_iter():
+        pass
+    t = time.perf_counter()
+    n = 0
+    for b in make_iter():
+        n += len(b)
+    dt = time.perf_counter() - t
+    assert n == n_samples, (n, n_samples)
+    return n / dt
+
+
+def torch_loader(ds, workers: int, batch: int = 64):
+    import torch
+    from latentstore.store.datasets import EpochSampler, collate
+    sampler = EpochSampler(len(ds), seed=0)
+    return lambda: (b["label"] for b in torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler,
+                                                                     collate_fn=collate, num_workers=workers))
+
+
+def stream_loader(path: str, workers: int, batch: int = 64):
+    import torch
+    from latentstore.store.datasets import LatentBatchStream
+    ds = LatentBatchStream(path, batch, train=True, crop=28)
+    return lambda: (b["label"] for b in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers))
+
+
+def dali_loader(root: str, threads: int, batch: int = 64):
+    from nvidia.dali import fn, pipeline_def, types
+    from latentstore.convert.sources import list_inputs
+    listing = list_inputs(root)
+    files = [it.ref for it in listing.items]
+
+    @pipeline_def(batch_size=batch, num_threads=threads, device_id=None, seed=0)
+    def pipe():
+        jpegs, labels = fn.readers.file(files=files, labels=[it.label for it in listing.items], name="r",
+                                        random_shuffle=True, pad_last_batch=False)
+        img = fn.decoders.image_random_crop(jpegs, device="cpu", output_type=types.RGB)
+        img = fn.resize(img, size=(224, 224))
+        img = fn.flip(img, horizontal=fn.random.coin_flip())
+        return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW",
+                                        mean=[123.7, 116.3, 103.5], std=[58.4, 57.1, 57.4]), labels
+
+    p = pipe()
+    p.build()
+    n = len(files)
+
+    def it():
+        got = 0
+        while got < n:
+            out = p.run()
+            k = min(len(out[1]), n - got)
+            got += k
+            yield range(k)
+        p.reset()
+
+    return it
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--codec", default="ls-c32")
+    ap.add_argument("--work", default="runs/loader-bench")
+    a = ap.parse_args(argv)
+    from latentstore.convert.pipeline import ConvertOptions, convert
+    from latentstore.rgb import ImageFolderDataset
+    from latentstore.store.datasets import LatentMapDataset
+    from latentstore.store.verify import dir_bytes
+    jpegs = make_jpegs(os.path.join(a.work, "jpeg"), a.images)
+    stores = {}
+    for fmt in ("zarr", "wds"):
+        dst = os.path.join(a.work, f"{os.path.basename(a.codec).split('.')[0]}-{fmt}")
+        if not os.path.exists(os.path.join(dst, "_parts", "INIT.json")) or not os.path.exists(
+                os.path.join(dst, "zarr.json" if fmt == "zarr" else "schema.json")):
+            convert(jpegs, dst, ConvertOptions(codec=a.codec, fmt=fmt, size=256, shard_size=256, progress=False))
+        stores[fmt] = dst
+    n = a.images
+    cores = os.cpu_count() or 1
+    jpeg_bytes = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(jpegs) for f in fs if f.endswith(".jpg"))
+    per_sample = {"zarr": dir_bytes(os.path.join(stores["zarr"], "latents")) / n,
+                  "wds": sum(os.path.getsize(os.path.join(stores["wds"], f)) for f in os.listdir(stores["wds"])
+                             if f.endswith(".tar")) / n,
+                  "jpeg": jpeg_bytes / n}
+    rows = []
+    for label, mk, bytes_key in [
+        ("(a) zarr latents", lambda w: torch_loader(LatentMapDataset(stores["zarr"], crop=28), w), "zarr"),
+        ("(b) wds latents", lambda w: stream_loader(stores["wds"], w), "wds"),
+        ("(c) JPEG + Pillow RRC(224)", lambda w: torch_loader(ImageFolderDataset(jpegs, 224, True), w), "jpeg"),
+        ("(d) JPEG + DALI CPU", lambda w: dali_loader(jpegs, max(1, w)), "jpeg"),
+    ]:
+        one = measure(mk(0), n)
+        allc = measure(mk(cores), n)
+        rows.append({"source": label, "per_core_sps": one, "all_cores_sps": allc, "cores": cores,
+                     "bytes_per_sample": per_sample[bytes_key]})
+        print(f"{label:28} 1 core {one:9.1f}/s   {cores} cores {allc:9.1f}/s   {per_sample[bytes_key]:10,.0f} B/sample",
+              flush=True)
+    c = rows[2]["per_core_sps"]
+    lines = [f"# Loader throughput, {n} images, codec {a.codec} at 256x256 (latents 32x32, crop 28)", "",
+             f"Command: `python benchmarks/loader.py --images {n} --codec {a.codec}`; {platform.machine()} CPU, "
+             f"{cores} cores, {time.strftime('%Y-%m-%d')}; all rows measured in one run.", "",
+             "| source | samples/s, 1 core | samples/s, all cores | x (c), 1 core | bytes read / sample |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['source']} | {r['per_core_sps']:.1f} | {r['all_cores_sps']:.1f} | "
+                     f"{r['per_core_sps'] / c:.1f} | {r['bytes_per_sample']:,.0f} |")
+    res = os.path.join(HERE, "results")
+    os.makedirs(res, exist_ok=True)
+    open(os.path.join(res, "loader.md"), "w").write("\n".join(lines) + "\n")
+    with open(os.path.join(res, "loader.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
