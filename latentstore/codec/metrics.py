@@ -20,8 +20,8 @@ def msssim(a: np.ndarray, b: np.ndarray) -> float:
     (shorter side > 160). Smaller images use a smaller window and fewer scales (renormalised
     weights); below 33 px it is single-scale SSIM. Figures on such images are flagged by size."""
     from pytorch_msssim import ssim
-    x = torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0).double()
-    y = torch.from_numpy(b).permute(2, 0, 1).unsqueeze(0).double()
+    x = torch.from_numpy(np.array(a)).permute(2, 0, 1).unsqueeze(0).double()
+    y = torch.from_numpy(np.array(b)).permute(2, 0, 1).unsqueeze(0).double()
     side = min(a.shape[:2])
     if side > 160:
         return float(ms_ssim(x, y, data_range=255.0, size_average=True))

@@ -12,6 +12,7 @@ k = shard_id, shard_id + num_shards, ...; a resumed run skips committed shards a
 """
 from __future__ import annotations
 
+import copy
 import io
 import os
 import queue
@@ -140,7 +141,8 @@ def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, co
                 opts: ConvertOptions, summary: ConvertSummary) -> None:
     schema = writer.schema
     # channels_last: 1.4x faster convolutions on x86 CPUs (oneDNN) and the layout tensor cores want
-    model = codec.model.to(device).to(memory_format=torch.channels_last)
+    # (a copy: the zoo caches codecs, and compress() elsewhere must keep its own layout and bytes)
+    model = copy.deepcopy(codec.model).to(device).to(memory_format=torch.channels_last)
     centres = model.quantizer.centres.detach().to(device)
     bias = model.encoder.conv3.bias.detach().to(device)
     stage = DaliImageStage(opts.size, opts.batch_size, device)
