@@ -41,6 +41,7 @@ class CodecTrainConfig:
     ckpt_every: int = 200  # steps between checkpoints
     device: str = "auto"  # auto | cpu | cuda
     max_photos: int = 0  # 0 = all training photos; >0 = the first N (tests)
+    stop_at: int = 0  # stop this invocation after this step, schedule unchanged (0 = run to `steps`); resume tests
 
 
 def sigma_at(cfg: CodecTrainConfig, step: int) -> float:
@@ -109,7 +110,8 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=step, desc=cfg.codec.name, unit="step")
     model.train()
-    while step < cfg.steps:
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+    while step < end:
         model.quantizer.sigma = sigma_at(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
@@ -129,7 +131,7 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
         if bar:
             bar.update(1)
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", bpp=f"{row['bpp_est']:.3f}")
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        if step % cfg.ckpt_every == 0 or step == end:
             save_checkpoint(out_dir, step, model, opt, gen, resolved, {"log": log, "elapsed": time.time() - t0})
             write_log(out_dir, log)
     if bar:
