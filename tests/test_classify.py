@@ -62,3 +62,19 @@ def test_recon_input_and_exact_resume(stores, tmp_path):
     b = [r["loss"] for r in resumed["log"]]
     assert len(a) == len(b) == 9
     assert a == b  # bit-for-bit: model, optimizer, loader position and augmentation all resume exactly
+
+
+def test_ddp_under_torchrun_on_cpu(stores, tmp_path):
+    import subprocess
+    import sys
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "latentstore_train.classify", "--input", "latent",
+           "--train", stores["store"], "--val", stores["store"], "--model", "cresnet39", "--width", "8",
+           "--depth-scale", "0.3", "--batch-size", "2", "--epochs", "1", "--num-workers", "0", "--crop", "6",
+           "--out", str(tmp_path / "ddp")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.load(open(tmp_path / "ddp" / "config.json"))
+    assert cfg["world_size"] == 2
+    log = json.load(open(tmp_path / "ddp" / "ckpt.json"))["log"]
+    assert len(log) == -(-cfg["train_samples"] // 4)  # each rank takes half of every batch-of-4 worth of samples
