@@ -26,6 +26,17 @@ MAX_BLOCK = 1024
 
 
 @triton.jit
+def _load_block(z_ptr, HW, C, BLOCK: tl.constexpr):
+    """Program (row, block): row = b * C + channel, so one program's elements share a channel."""
+    row = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < HW
+    base = row.to(tl.int64) * HW
+    z = tl.load(z_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    return row % C, offs, mask, base, z
+
+
+@triton.jit
 def _nearest(z, c_ptr, L: tl.constexpr):
     """Per element: the smallest squared distance, its centre index (ties -> lowest) and value."""
     best_d = tl.full(z.shape, float("inf"), tl.float32)
@@ -59,13 +70,7 @@ def _softmax_denominator(z, c_ptr, best_d, sigma, L: tl.constexpr):
 @triton.jit
 def _quantize_fwd_kernel(z_ptr, c_ptr, zq_ptr, sym_ptr, soft_ptr, hard_ptr, HW, C, sigma,
                          L: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)  # b * C + channel
-    ch = row % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < HW
-    base = row.to(tl.int64) * HW
-    z = tl.load(z_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-
+    ch, offs, mask, base, z = _load_block(z_ptr, HW, C, BLOCK)
     best_d, best_j, best_c = _nearest(z, c_ptr, L)
     den, num = _softmax_denominator(z, c_ptr, best_d, sigma, L)
     inv_den = 1.0 / den
@@ -85,12 +90,7 @@ def _quantize_fwd_kernel(z_ptr, c_ptr, zq_ptr, sym_ptr, soft_ptr, hard_ptr, HW, 
 @triton.jit
 def _quantize_bwd_kernel(z_ptr, c_ptr, gzq_ptr, gsoft_ptr, gz_ptr, gc_ptr, HW, C, sigma,
                          L: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    ch = row % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < HW
-    base = row.to(tl.int64) * HW
-    z = tl.load(z_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    ch, offs, mask, base, z = _load_block(z_ptr, HW, C, BLOCK)
     gy = tl.load(gzq_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     gy = tl.where(mask, gy, 0.0)
 

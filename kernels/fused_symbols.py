@@ -15,18 +15,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_quantize import _grid, _nearest
+from .fused_quantize import _grid, _load_block, _nearest
 
 
 @triton.jit
 def _symbols_kernel(z_ptr, c_ptr, bias_ptr, sym_ptr, hard_ptr, HW, C,
                     L: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    ch = row % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < HW
-    base = row.to(tl.int64) * HW
-    z = tl.load(z_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    ch, offs, mask, base, z = _load_block(z_ptr, HW, C, BLOCK)
     if HAS_BIAS:
         z = z + tl.load(bias_ptr + ch).to(tl.float32)
     _, best_j, _ = _nearest(z, c_ptr, L)

@@ -15,22 +15,12 @@ def gflops(module: torch.nn.Module, x: torch.Tensor) -> float:
     return fc.get_total_flops() / 1e9
 
 
-class _Dec(torch.nn.Module):
-    def __init__(self, codec):
-        super().__init__()
-        self.codec = codec
-
-    def forward(self, z):
-        return self.codec.decoder(z)
+def _Enc(codec: LatentCodec) -> torch.nn.Module:
+    return codec.encoder
 
 
-class _Enc(torch.nn.Module):
-    def __init__(self, codec):
-        super().__init__()
-        self.codec = codec
-
-    def forward(self, x):
-        return self.codec.encoder(x)
+def _Dec(codec: LatentCodec) -> torch.nn.Module:
+    return codec.decoder
 
 
 def flop_table(size: int = 224, codec_width: int = 64) -> dict:
