@@ -11,7 +11,7 @@ from .zoo import LoadedCodec, find_codec_by_hash, load_codec
 
 def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
 def tensor_to_rgb(x: torch.Tensor) -> np.ndarray:

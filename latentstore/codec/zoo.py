@@ -96,7 +96,9 @@ def load_codec_file(path: str, device: str | torch.device = "cpu") -> LoadedCode
 def available_codecs() -> list[str]:
     if not os.path.isdir(WEIGHTS_DIR):
         return []
-    return sorted(f[: -len(".safetensors")] for f in os.listdir(WEIGHTS_DIR) if f.endswith(".safetensors"))
+    names = [f[: -len(".safetensors")] for f in os.listdir(WEIGHTS_DIR) if f.endswith(".safetensors")]
+    order = list(OPERATING_POINTS)  # the paper's operating points first, by rate
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
 @lru_cache(maxsize=16)
