@@ -9,7 +9,7 @@
 Each is measured with one core (num_workers=0 / one DALI thread) and with every core, after a
 warm-up pass. Also bytes read per sample. The images: random crops (about ImageNet's average
 size, 400x350) of the offline photos, saved as JPEG q90, converted at 256x256.
-Results: benchmarks/results/loader.csv and loader.md.
+Results: benchmarks/results/loader-CODEC.csv and loader-CODEC.md.
 """
 from __future__ import annotations
 
@@ -155,8 +155,9 @@ def main(argv=None) -> None:
                      f"{r['per_core_sps'] / c:.1f} | {r['bytes_per_sample']:,.0f} |")
     res = os.path.join(HERE, "results")
     os.makedirs(res, exist_ok=True)
-    open(os.path.join(res, "loader.md"), "w").write("\n".join(lines) + "\n")
-    with open(os.path.join(res, "loader.csv"), "w", newline="") as f:
+    tag = os.path.basename(a.codec).split(".")[0]
+    open(os.path.join(res, f"loader-{tag}.md"), "w").write("\n".join(lines) + "\n")
+    with open(os.path.join(res, f"loader-{tag}.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)

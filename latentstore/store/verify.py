@@ -133,6 +133,9 @@ def info(path: str) -> dict:
         "bpp_source": latent * 8 / t["source_pixels"] if t.get("source_pixels") else None,
         "bpp_entropy_estimate": t.get("entropy_bits", 0) / t["stored_pixels"] if t.get("stored_pixels") else None,
         "ratio_to_source": t.get("source_bytes", 0) / on_disk if on_disk else None,
+        "ratio_latents_to_source": t.get("source_bytes", 0) / latent if latent else None,
+        "other_bytes": on_disk - latent,  # embedded codec, metadata, labels, source paths, tar headers
+        "codec_file_bytes": os.path.getsize(os.path.join(path, CODEC_FILE)) if os.path.exists(os.path.join(path, CODEC_FILE)) else 0,
     }
     if out["bpp_stored"]:
         out["imagenet_projection"] = imagenet_projection(out["bpp_stored"])
@@ -158,7 +161,10 @@ def format_info(d: dict) -> str:
     if d["bpp_stored"]:
         lines += [f"bpp            {d['bpp_stored']:.4f} actual per stored pixel, {d['bpp_entropy_estimate']:.4f} entropy "
                   f"estimate; {d['bpp_source']:.4f} per source pixel",
-                  f"ratio          {d['ratio_to_source']:.2f}x smaller than the source files"]
+                  f"ratio          sources / latents = {d['ratio_latents_to_source']:.1f}x; sources / whole store = "
+                  f"{d['ratio_to_source']:.2f}x (besides latents: {d['other_bytes']:,} bytes, of which the embedded "
+                  f"codec is {d['codec_file_bytes']:,}; the rest is metadata, labels, source paths"
+                  f"{', tar headers' if d['format'] == 'wds' else ''})"]
         p = d["imagenet_projection"]
         lines += [f"ImageNet-1k    {p['gb_at_256x256']:.1f} GB at 256x256; {p['gb_at_paper_resolution']:.1f} GB at the paper's "
                   f"~{p['paper_pixels_per_image'] / 1e3:.0f}k px/image (paper: {p['paper_gb']} GB at 0.635 bpp; "
