@@ -187,23 +187,18 @@ def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, co
                 raise msg
             k, last_in_shard, (ok, rejects) = msg
             t0 = time.time()
-            for slot, rgb, meta in _encode(model, centres, bias, ok, device, schema):
-                shard_samples.append((slot, rgb, meta))
+            shard_samples += list(_encode(model, centres, bias, ok, device, schema))
             stats["encode"] += time.time() - t0
             shard_rejects += rejects
             if bar:
                 bar.update(len(ok) + len(rejects))
             if last_in_shard:
                 samples = [_make_sample(s, items, schema) for s in shard_samples]
-                if need_bitstream:
-                    t1 = time.time()
-                    futs = [coder.submit(symbols_to_bytes, codec, s.symbols, s.stored_size) for s in samples]
-                    for s, f in zip(samples, futs):
-                        s.bitstream = f.result()
-                    stats["code"] += time.time() - t1
                 if pending_write is not None:
                     pending_write.result()  # at most one shard in flight: memory stays flat
-                pending_write = writer_pool.submit(_timed_write, writer, k, samples, shard_rejects, stats)
+                # entropy coding and the write run beside the encoding of the next shard
+                pending_write = writer_pool.submit(_code_and_write, writer, k, samples, shard_rejects, stats,
+                                                   coder if need_bitstream else None, codec)
                 summary.stored += len(samples)
                 summary.rejected += len(shard_rejects)
                 summary.rejects += shard_rejects
@@ -219,10 +214,17 @@ def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, co
     summary.stage_s = stats
 
 
-def _timed_write(writer, k, samples, rejects, stats):
+def _code_and_write(writer, k, samples, rejects, stats, coder, codec):
+    """Entropy-code the shard's samples on the coder pool (WebDataset / native), then commit the shard."""
     t0 = time.time()
-    writer.write_shard(k, samples, rejects)
-    stats["write"] += time.time() - t0
+    if coder is not None:
+        futs = [coder.submit(symbols_to_bytes, codec, s.symbols, s.stored_size) for s in samples]
+        for s, f in zip(samples, futs):
+            s.bitstream = f.result()
+    t1 = time.time()
+    writer.write_shard(k, samples, rejects)  # fixed-size Zarr: zarr runs our ANS codec per chunk here
+    stats["code"] += t1 - t0
+    stats["write"] += time.time() - t1
 
 
 def _decode_batch(items: list[InputItem], slots: list[int], stage: DaliImageStage):
