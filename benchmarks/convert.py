@@ -98,7 +98,7 @@ def main(argv=None) -> None:
             {"what": "plain Pillow + torch loop", "images": a.images, "images_per_s": base_ips}]
     mem = []
     if a.memory:
-        files = sorted(os.path.join(r, f) for r, _, fs in os.walk(jpegs) for f in fs if f.endswith(".jpg"))
+        files = sorted(os.path.abspath(os.path.join(r, f)) for r, _, fs in os.walk(jpegs) for f in fs if f.endswith(".jpg"))
         for n in [int(x) for x in a.memory.split(",")]:
             lst = os.path.join(a.work, f"list-{n}.txt")
             with open(lst, "w") as f:
@@ -108,6 +108,8 @@ def main(argv=None) -> None:
             shutil.rmtree(d, ignore_errors=True)
             m = peak_rss_mb(lst, d, a.codec, 128)
             shutil.rmtree(d)
+            if m["n"] != n:
+                raise SystemExit(f"memory run stored {m['n']} of {n} inputs: the measurement would mean nothing")
             mem.append({"inputs": n, **m})
             print(f"peak RSS converting {n:,} inputs at 128 px: {m['rss_mb']:.0f} MB ({m['n'] / m['s']:.1f} img/s)", flush=True)
     lines = [f"# Conversion throughput: {a.images} JPEGs (~400x350, q90) -> {a.codec} at {a.size}x{a.size}", "",
