@@ -28,7 +28,7 @@ from PIL import Image
 from ..codec.api import symbols_to_bytes
 from ..codec.zoo import load_codec
 from ..errors import UsageError
-from ..store.schema import StoreSchema, read_schema
+from ..store.schema import StoreSchema
 from ..store.writer import Sample, StoreWriter, finalize_store
 from .decode import DaliImageStage, Screened, dali_error_reason, screen
 from .sources import InputItem, list_inputs
@@ -297,7 +297,3 @@ def merge(dst: str) -> StoreSchema:
     if not os.path.exists(dst):
         raise UsageError(f"{dst}: no such store")
     return finalize_store(dst)
-
-
-def existing_schema(dst: str) -> StoreSchema:
-    return read_schema(dst)
