@@ -83,8 +83,10 @@ class StoreWriter:
         if rank == 0 and os.path.exists(root) and not resume:
             raise UsageError(f"{root} exists; pass --resume to continue it, or choose a new destination")
         if rank == 0 and not os.path.exists(marker):
-            if os.path.exists(root) and os.listdir(root) and not os.path.exists(os.path.join(root, PARTS_DIR)):
-                raise UsageError(f"{root} exists and is not a latentstore store; refusing to write into it")
+            if os.path.exists(root) and os.listdir(root):
+                if not _half_created_by_us(root):
+                    raise UsageError(f"{root} exists and is not a latentstore store; refusing to write into it")
+                shutil.rmtree(root)  # killed while being created: nothing can be committed before INIT
             cls._create(root, schema, codec_file)
         t0 = time.time()
         while not os.path.exists(marker):
@@ -184,6 +186,16 @@ class StoreWriter:
     def finalize(self) -> StoreSchema:
         """Check every shard is committed, then write the complete schema (the store's commit)."""
         return finalize_store(self.root)
+
+
+def _half_created_by_us(root: str) -> bool:
+    if os.path.exists(os.path.join(root, PARTS_DIR)) or os.path.exists(os.path.join(root, "schema.json")):
+        return True
+    try:
+        with open(os.path.join(root, "zarr.json")) as f:
+            return "latentstore" in json.load(f).get("attributes", {})
+    except (OSError, ValueError):
+        return False
 
 
 def sample_key(slot: int) -> str:
