@@ -32,6 +32,7 @@ class Screened:
     data: bytes | None = None  # encoded bytes (dali route)
     rgb: np.ndarray | None = None  # decoded pixels (pillow route)
     reason: str = ""  # why it was rejected
+    size: tuple = ()  # (H, W) from the header (dali route)
 
 
 def _has_end_marker(fmt: str, data: bytes) -> bool:
@@ -59,7 +60,7 @@ def screen(data: bytes, where: str) -> Screened:
     if not _has_end_marker(fmt, data):
         return Screened("reject", reason=f"truncated {fmt} (no end-of-image marker)")
     if fmt in DALI_FORMATS and mode in DALI_MODES and orientation in (None, 1):
-        return Screened("dali", data=data)
+        return Screened("dali", data=data, size=(h, w))
     try:
         return Screened("pillow", rgb=decode_image_bytes(data, where))
     except BadImageError as e:

@@ -13,7 +13,6 @@ k = shard_id, shard_id + num_shards, ...; a resumed run skips committed shards a
 from __future__ import annotations
 
 import copy
-import io
 import os
 import queue
 import threading
@@ -23,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..codec.api import symbols_to_bytes
 from ..codec.zoo import load_codec
@@ -242,7 +240,7 @@ def _decode_batch(items: list[InputItem], slots: list[int], stage: DaliImageStag
         if s.route == "reject":
             rejects.append({"path": it.ref, "reason": s.reason})
         elif s.route == "dali":
-            meta["size"] = Image.open(io.BytesIO(data)).size[::-1]  # (H, W) from the header
+            meta["size"] = s.size
             dali.append((slot, data, meta))
         else:
             meta["size"] = s.rgb.shape[:2]

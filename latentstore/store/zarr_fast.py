@@ -26,6 +26,7 @@ class ShardReader:
         self.dir, self.S, self.chunk_shape, self.freqs, self.sep = array_dir, shard_rows, chunk_shape, freqs, key_sep
         self._index: dict[int, np.ndarray] = {}
         self._fds: dict[int, int] = {}
+        self._sizes: dict[int, int] = {}
 
     @classmethod
     def for_store(cls, root: str, freqs: np.ndarray) -> "ShardReader | None":
@@ -66,6 +67,7 @@ class ShardReader:
             raw = os.pread(fd, n, size - n)
             self._index[k] = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.S, 2)
             self._fds[k] = fd
+            self._sizes[k] = size
         return self._fds.get(k), self._index[k]
 
     def read(self, slot: int) -> np.ndarray:
@@ -76,14 +78,14 @@ class ShardReader:
         if index is None or index[j, 0] == EMPTY:
             return np.zeros(shape[1:], np.uint8)  # an all-fill chunk is not stored: symbol 0 everywhere
         off, nbytes = int(index[j, 0]), int(index[j, 1])
-        if off + nbytes > os.fstat(fd).st_size or nbytes < 8:
+        if off + nbytes > self._sizes[k] or nbytes < 8:
             raise ValueError(f"shard {k}: index entry {j} points outside the file (damaged; run latentstore verify)")
         data = os.pread(fd, nbytes, off)[:-4]  # drop the inner crc32c
         return _decode_chunk(data, self.freqs, shape, 1)[0]
 
     def __getstate__(self):  # file descriptors do not cross into DataLoader workers
         d = dict(self.__dict__)
-        d["_index"], d["_fds"] = {}, {}
+        d["_index"], d["_fds"], d["_sizes"] = {}, {}, {}
         return d
 
     def __del__(self):
