@@ -89,6 +89,14 @@ def _list_tree(src: str, dirs: list[str]) -> InputListing:
     return InputListing(items, dirs, notes, "tree")
 
 
+def _label_map(raw: list[str]) -> tuple[list[str], dict[str, int]]:
+    """Label strings -> (names, mapping): integers keep their value, names are numbered in sorted order."""
+    if raw and all(v.lstrip("-").isdigit() for v in raw):
+        return [str(i) for i in range(max(int(v) for v in raw) + 1)], {v: int(v) for v in raw}
+    names = sorted(set(raw))
+    return names, {v: i for i, v in enumerate(names)}
+
+
 def _list_file(path: str) -> InputListing:
     base = os.path.dirname(os.path.abspath(path))
     rows = []
@@ -111,13 +119,7 @@ def _list_file(path: str) -> InputListing:
         rows.append((p, parts[1] if len(parts) > 1 else None, mask))
     if not rows:
         raise UsageError(f"{path}: list file names no images")
-    raw = [r[1] for r in rows if r[1] is not None]
-    if raw and all(v.lstrip("-").isdigit() for v in raw):
-        names = [str(i) for i in range(max(int(v) for v in raw) + 1)]
-        lab = {v: int(v) for v in raw}
-    else:
-        names = sorted(set(raw))
-        lab = {v: i for i, v in enumerate(names)}
+    names, lab = _label_map([r[1] for r in rows if r[1] is not None])
     items = [InputItem(p, lab[l] if l is not None else -1, m) for p, l, m in rows]
     return InputListing(items, names, [], "list")
 
@@ -141,12 +143,7 @@ def _list_tars(tars: list[str]) -> InputListing:
             notes.append({"path": t, "reason": f"unreadable tar shard ({e})"})
     if not items:
         raise UsageError(f"no images found in {len(tars)} tar shard(s)")
-    raw = sorted({c for _, _, c in items if c is not None})
-    if raw and all(v.lstrip("-").isdigit() for v in raw):
-        names = [str(i) for i in range(max(int(v) for v in raw) + 1)]
-        lab = {v: int(v) for v in raw}
-    else:
-        names, lab = raw, {v: i for i, v in enumerate(raw)}
+    names, lab = _label_map([c for _, _, c in items if c is not None])
     out = [InputItem(f"{t}::{m.name}", lab[c] if c is not None else -1, None, m.offset_data, m.size)
            for t, m, c in items]
     return InputListing(out, names, notes, "wds")

@@ -170,7 +170,7 @@ class LatentStore:
         if self.mode == "fixed":
             s = self.schema.policy["size"]
             return symbols_to_rgb(self.codec, sym, (s, s))
-        H, W = self.meta(i)["size"] if self.kind == "zarr" else self.meta(i)["size"]
+        H, W = self.meta(i)["size"]
         return symbols_to_rgb(self.codec, sym, (H, W))
 
 
