@@ -34,7 +34,6 @@ def plain_loop(src: str, dst: str, codec_name: str, size: int, batch: int = 32) 
     """The baseline a user would write: no DALI, no overlap, no fused kernel. Returns seconds."""
     import torch
     from PIL import Image
-    from latentstore.codec.api import symbols_to_bytes
     from latentstore.codec.zoo import load_codec
     from latentstore.convert.sources import list_inputs
     codec = load_codec(codec_name)
@@ -51,10 +50,10 @@ def plain_loop(src: str, dst: str, codec_name: str, size: int, batch: int = 32) 
             imgs.append(np.asarray(im.crop((x, y, x + size, y + size))))
         x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
         with torch.no_grad():
-            sym = codec.model.quantizer.symbols(codec.model.encode(x))["symbols"].numpy()
+            sym = codec.symbols(x)["symbols"].numpy()
         for i, s in enumerate(sym):
             with open(os.path.join(dst, f"{b0 + i:07d}.lsb"), "wb") as f:
-                f.write(symbols_to_bytes(codec, s, (size, size)))
+                f.write(codec.pack(s, (size, size)))
     return time.perf_counter() - t
 
 

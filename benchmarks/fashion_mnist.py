@@ -112,7 +112,7 @@ def flops_per_image(codecs: list[str]) -> dict:
         C = codec.cfg.C
         out[f"cresnet51-C{C}"] = gflops(build("cresnet51", in_channels=C, num_classes=10, **MODEL_KW),
                                         torch.randn(1, C, SIZE // 8, SIZE // 8))
-        out[f"decoder-{c}"] = gflops(_Dec(codec.model), torch.randn(1, C, SIZE // 8, SIZE // 8))
+        out[f"decoder-{c}"] = gflops(_Dec(codec), torch.randn(1, C, SIZE // 8, SIZE // 8))
     return out
 
 
@@ -148,7 +148,7 @@ def main(argv=None) -> None:
 
 
 def report(results, fl, stores, a) -> None:
-    from latentstore.store.verify import info
+    from latentstore.store.info import info
     rows = []
     for codec, bpp, model, r in results:
         last = r["epochs"][-1]

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 def make_jpegs(root: str, n: int, seed: int = 0) -> str:
     from PIL import Image
-    from latentstore.photos import available_photos, resize_shorter
+    from latentstore.data.photos import available_photos, resize_shorter
     done = os.path.join(root, ".done")
     if os.path.exists(done):
         return root
@@ -61,7 +61,7 @@ def measure(make_iter, n_samples: int) -> float:
 
 def torch_loader(ds, workers: int, batch: int = 64):
     import torch
-    from latentstore.store.datasets import EpochSampler, collate
+    from latentstore.data.datasets import EpochSampler, collate
     sampler = EpochSampler(len(ds), seed=0)
     return lambda: (b["label"] for b in torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler,
                                                                      collate_fn=collate, num_workers=workers))
@@ -69,7 +69,7 @@ def torch_loader(ds, workers: int, batch: int = 64):
 
 def stream_loader(path: str, workers: int, batch: int = 64):
     import torch
-    from latentstore.store.datasets import LatentBatchStream
+    from latentstore.data.datasets import LatentBatchStream
     ds = LatentBatchStream(path, batch, train=True, crop=28)
     return lambda: (b["label"] for b in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers))
 
@@ -113,9 +113,9 @@ def main(argv=None) -> None:
     ap.add_argument("--work", default="runs/loader-bench")
     a = ap.parse_args(argv)
     from latentstore.convert.pipeline import ConvertOptions, convert
-    from latentstore.rgb import ImageFolderDataset
-    from latentstore.store.datasets import LatentMapDataset
-    from latentstore.store.verify import dir_bytes
+    from latentstore.data.rgb import ImageFolderDataset
+    from latentstore.data.datasets import LatentMapDataset
+    from latentstore.store.info import dir_bytes
     jpegs = make_jpegs(os.path.join(a.work, "jpeg"), a.images)
     stores = {}
     for fmt in ("zarr", "wds"):

@@ -13,10 +13,11 @@ import shutil
 import click
 
 from .codec.api import compress, decompress
-from .codec.metrics import bpp, msssim, psnr
 from .codec.zoo import DEFAULT_CODEC, OPERATING_POINTS, available_codecs, load_codec
-from .imageio import load_image, save_png
-from .photos import skimage_photo_path
+from .data.imageio import load_image, save_png
+from .data.photos import skimage_photo_path
+from .errors import LatentstoreError
+from .eval.metrics import bpp, msssim, psnr
 
 DEMO_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]
 
@@ -45,7 +46,7 @@ def run_demo(out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     codecs = [c for c in OPERATING_POINTS if c in available_codecs()]
     if not codecs:
-        raise click.ClickException("no shipped codecs found in latentstore/weights/")
+        raise LatentstoreError("no shipped codecs found in latentstore/weights/ (reinstall the package)")
     click.echo("== 1. single images: compress -> bytes -> decompress, at the three operating points ==")
     click.echo(f"{'photo':11} {'size':>9} {'original':>10} {'codec':7} {'bytes':>7} {'bpp':>7} {'PSNR':>6} {'MS-SSIM':>8}")
     for name in DEMO_PHOTOS:
@@ -61,7 +62,6 @@ def run_demo(out_dir: str) -> None:
     click.echo(f"(reconstructions in {out_dir}/; originals' bytes are the PNG/JPEG files scikit-image ships)")
 
     click.echo("\n== 2. one-shot conversion of an ImageNet-style folder into a latent store ==")
-    from .cli import format_summary
     from .convert.pipeline import ConvertOptions, convert
     from .store.verify import verify
     src = imagenet_samples_tree(os.path.join(out_dir, "imagenet-samples"))
@@ -76,6 +76,6 @@ def run_demo(out_dir: str) -> None:
         shutil.rmtree(dst)
     click.echo(f"latentstore convert {src} {dst} --codec {DEFAULT_CODEC} --size 256")
     s = convert(src, dst, ConvertOptions(codec=DEFAULT_CODEC, size=256, shard_size=8, batch_size=8))
-    click.echo(format_summary(s))
+    click.echo(s.describe())
     r = verify(dst)
     click.echo(f"verify: {'ok' if r['ok'] else 'FAILED'} ({r['samples']} samples, {r['files']} files)")

@@ -5,8 +5,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from latentstore.photos import resize_shorter, skimage_photo_path
-from latentstore.imageio import load_image
+from latentstore.data.photos import resize_shorter, skimage_photo_path
+from latentstore.data.imageio import load_image
 
 
 def base_photo(side: int = 64) -> np.ndarray:

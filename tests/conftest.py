@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from latentstore.codec.model import CodecConfig, LatentCodec
-from latentstore.codec.zoo import floor_frequencies, load_codec_file, save_codec
-from latentstore.photos import resize_shorter, skimage_photo_path
-from latentstore.imageio import load_image
+from latentstore.codec.zoo import load_codec_file, save_codec
+from latentstore.data.photos import resize_shorter, skimage_photo_path
+from latentstore.data.imageio import load_image
 
 
 def make_codec_file(path: str, C: int = 8, N: int = 16, name: str = "test-c8", seed: int = 0) -> str:
@@ -16,9 +16,9 @@ def make_codec_file(path: str, C: int = 8, N: int = 16, name: str = "test-c8", s
     model = LatentCodec(CodecConfig(name=name, C=C, N=N, target_bpp=0.3)).eval()
     rgb = resize_shorter(load_image(skimage_photo_path("astronaut")), 128)
     with torch.no_grad():
-        z = model.encode(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255)
-        hist = model.quantizer.symbols(z)["hard_hist"].numpy()
-    save_codec(model, floor_frequencies(hist, 1e-2), path, {"note": "test codec"})
+        hist = model.symbols(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255)["hard_hist"].numpy()
+    model.update(hist, floor_fraction=1e-2)
+    save_codec(model, path, {"note": "test codec"})
     return path
 
 

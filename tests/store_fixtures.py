@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from latentstore.convert.pipeline import ConvertOptions, convert
-from latentstore.imageio import load_image
-from latentstore.photos import resize_shorter, skimage_photo_path
+from latentstore.data.imageio import load_image
+from latentstore.data.photos import resize_shorter, skimage_photo_path
 from tests.badfiles import make_bad_files
 
 PHOTOS = {"cats": ["chelsea", "coffee", "rocket"], "space": ["astronaut", "hubble_deep_field", "retina", "immunohistochemistry"]}

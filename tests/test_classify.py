@@ -78,3 +78,20 @@ def test_ddp_under_torchrun_on_cpu(stores, tmp_path):
     assert cfg["world_size"] == 2
     log = json.load(open(tmp_path / "ddp" / "ckpt.json"))["log"]
     assert len(log) == -(-cfg["train_samples"] // 4)  # each rank takes half of every batch-of-4 worth of samples
+
+
+def test_train_classify_through_the_cli(stores, tmp_path):
+    from click.testing import CliRunner
+
+    from latentstore.cli import main
+    r = CliRunner()
+    res = r.invoke(main, ["train", "classify", "--out", str(tmp_path / "x"), "--model", "cresnet99",
+                          "--train", stores["store"], "--val", stores["store"]])
+    assert res.exit_code == 2 and "cresnet99" in res.output and "Traceback" not in res.output
+    res = r.invoke(main, ["train", "classify", "--out", str(tmp_path / "c"), "--input", "latent", "--train",
+                          stores["store"], "--val", stores["store"], "--model", "cresnet39", "--width", "8",
+                          "--depth-scale", "0.3", "--batch-size", "4", "--epochs", "1", "--num-workers", "0",
+                          "--crop", "6", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.load(open(tmp_path / "c" / "config.json"))["model"] == "cresnet39"
+    assert "--depth-scale" in r.invoke(main, ["train", "classify", "--help"]).output

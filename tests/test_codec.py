@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import latentstore_kernels as K
-from latentstore.codec import bitstream as bs
-from latentstore.codec.api import bytes_to_symbols, compress, decompress, image_symbols
+from latentstore.codec.api import codec_for, compress, decompress, image_symbols
+from latentstore.codec.entropy import ans_v1
 from latentstore.codec.zoo import available_codecs, load_codec, load_codec_file
 from latentstore.errors import BitstreamError
 
@@ -38,8 +38,8 @@ def test_symbol_round_trip_exact():
     freqs = rng.integers(1, 1000, size=(16, 6))
     p = freqs / freqs.sum(1, keepdims=True)
     sym = np.stack([rng.choice(6, size=(17, 23), p=p[c]) for c in range(16)]).astype(np.uint8)
-    words = bs.encode_symbols(sym, freqs)
-    assert np.array_equal(bs.decode_symbols(words, freqs, sym.shape), sym)
+    words = ans_v1.encode_words(sym, freqs)
+    assert np.array_equal(ans_v1.decode_words(words, freqs, sym.shape), sym)
 
 
 def test_bitstream_within_2_percent_of_cross_entropy():
@@ -47,8 +47,8 @@ def test_bitstream_within_2_percent_of_cross_entropy():
     freqs = np.array([[5000, 2000, 500, 100, 10, 1]] * 8) * rng.integers(1, 4, size=(8, 1))
     p = freqs / freqs.sum(1, keepdims=True)
     sym = np.stack([rng.choice(6, size=(64, 64), p=p[c]) for c in range(8)]).astype(np.uint8)
-    words = bs.encode_symbols(sym, freqs)
-    ce = bs.cross_entropy_bits(sym, freqs)
+    words = ans_v1.encode_words(sym, freqs)
+    ce = ans_v1.cross_entropy_bits(sym, freqs)
     assert len(words) * 32 <= ce * 1.02, (len(words) * 32, ce)
     assert len(words) * 32 >= ce * 0.98  # and no cheating: it cannot beat the model's own cross-entropy
 
@@ -56,21 +56,22 @@ def test_bitstream_within_2_percent_of_cross_entropy():
 @pytest.mark.skipif(not available_codecs(), reason="no shipped codecs")
 @pytest.mark.parametrize("name", available_codecs())
 def test_shipped_codec_bytes_within_2_percent(name):
-    from latentstore.imageio import load_image
-    from latentstore.photos import skimage_photo_path
+    from latentstore.data.imageio import load_image
+    from latentstore.data.photos import skimage_photo_path
     codec = load_codec(name)
     rgb = load_image(skimage_photo_path("astronaut"))  # 512x512
     sym = image_symbols(codec, rgb)
-    payload_bits = len(bs.encode_symbols(sym, codec.freqs)) * 32
-    ce = bs.cross_entropy_bits(sym, codec.freqs)
+    payload_bits = len(ans_v1.encode_words(sym, codec.freqs)) * 32
+    ce = ans_v1.cross_entropy_bits(sym, codec.freqs)
     assert payload_bits <= ce * 1.02 + 64, (payload_bits, ce)  # +2 words: ANS's final state flush
-    header, back, _ = bytes_to_symbols(compress(rgb, codec))
+    data = compress(rgb, codec)
+    header, back = codec_for(data).parse(data)  # the shipped codec named in the header
     assert np.array_equal(back, sym)
 
 
 def test_compress_round_trip_and_size(codec, photo):
     data = compress(photo, codec)
-    header, sym, _ = bytes_to_symbols(data, codec)
+    header, sym = codec.parse(data)
     assert (header.H, header.W) == photo.shape[:2]
     assert np.array_equal(sym, image_symbols(codec, photo))
     rec = decompress(data, codec)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from latentstore.store import open_store
-from latentstore.store.datasets import LatentMapDataset
+from latentstore.data.datasets import LatentMapDataset
 from latentstore.store.verify import verify
 from tests.badfiles import base_photo
 from tests.store_fixtures import make_store

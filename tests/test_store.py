@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from latentstore.cli import main
 from latentstore.errors import StoreError
 from latentstore.store import open_store, webdataset_decoder
-from latentstore.store.datasets import (LatentBatchStream, LatentMapDataset, ResumableLoader, dequantize_on,
+from latentstore.data.datasets import (LatentBatchStream, LatentMapDataset, ResumableLoader, dequantize_on,
                                         epoch_indices)
 from latentstore.store.schema import StoreSchema
 from latentstore.store.verify import verify
@@ -34,7 +34,6 @@ def stores(src, codec_path, tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["zarr", "wds"])
 def test_writer_symbol_round_trip(kind, codec, codec_path, tmp_path):
-    from latentstore.codec.api import symbols_to_bytes
     rng = np.random.default_rng(0)
     C, L = codec.cfg.C, codec.cfg.L
     schema = StoreSchema(kind=kind, codec={"id": codec.name, "weights_hash": codec.hash, "C": C, "L": L,
@@ -45,7 +44,7 @@ def test_writer_symbol_round_trip(kind, codec, codec_path, tmp_path):
     syms = {i: rng.integers(0, L, size=(C, 5, 5), dtype=np.uint8) for i in range(7) if i != 4}
     for k in range(3):
         samples = [Sample(i, i % 2, syms[i], (40, 40), (40, 40), f"img{i}", 100,
-                          symbols_to_bytes(codec, syms[i], (40, 40))) for i in w.shard_slots(k) if i in syms]
+                          codec.pack(syms[i], (40, 40))) for i in w.shard_slots(k) if i in syms]
         w.write_shard(k, samples, [{"path": "img4", "reason": "test"}] if k == 1 else [])
     finalize_store(str(tmp_path / "s"))
     s = open_store(str(tmp_path / "s"))
@@ -102,9 +101,9 @@ def test_verify_catches_a_flipped_bit_and_a_truncated_shard(stores, kind, tmp_pa
     target = next(f for f in files if f.endswith(".tar") or f.startswith("latents"))
     if kind == "wds":
         # flip a bit inside the first sample's .latent payload
-        e = s.tar_index[int(s.slots[0])]
+        off, size = s.backend.index[int(s.slots[0])]["latent"]
         with open(os.path.join(d, target), "r+b") as f:
-            f.seek(e["latent"][0] + e["latent"][1] - 3)
+            f.seek(off + size - 3)
             b = f.read(1)
             f.seek(-1, os.SEEK_CUR)
             f.write(bytes([b[0] ^ 0x04]))

@@ -1,8 +1,8 @@
 """Classification from latents (cResNet) or from RGB (ResNet on originals or on reconstructions).
 
-    python -m latentstore_train.classify --input latent --train STORE --val STORE --model cresnet51 --out runs/x
-    torchrun --nproc_per_node 8 -m latentstore_train.classify ...        # DDP, one node
-    torchrun --nnodes 4 --node_rank R --rdzv_endpoint HOST:29500 --nproc_per_node 8 -m latentstore_train.classify ...
+    latentstore train classify --input latent --train STORE --val STORE --model cresnet51 --out runs/x
+    torchrun --nproc_per_node 8 -m latentstore.cli train classify ...        # DDP, one node
+    (python -m latentstore_train.classify takes the same options)
 
 Inputs: `latent` (a latent store), `recon` (a latent store decoded to RGB by its embedded codec),
 `rgb` (an image folder, or an .npz of images+labels). SGD with momentum and weight decay, linear
@@ -12,9 +12,7 @@ them; log.csv and curves.png record the run.
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import math
 import os
 import time
@@ -25,8 +23,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from latentstore.data.datasets import LatentMapDataset, ResumableLoader, dequantize_on
+from latentstore.device import autocast_for, resolve_device, to_channels_last
 from latentstore.models.resnet import build
-from latentstore.store.datasets import LatentMapDataset, ResumableLoader
 from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 
 
@@ -61,12 +60,12 @@ def _dist() -> tuple[int, int, int]:
 
 
 def make_dataset(kind: str, path: str, train: bool, crop: int, seed: int):
-    """-> (dataset, num_classes, in_channels, input key)."""
+    """-> (dataset, num_classes, in_channels, centres): centres (L,) for latent stores, else None."""
     if kind == "latent":
-        ds = LatentMapDataset(path, train=train, crop=crop or None, output="float", seed=seed)
+        ds = LatentMapDataset(path, train=train, crop=crop or None, output="symbols", seed=seed)
         s = ds.store.schema
-        return ds, len(s.label_names), s.codec["C"], "latent"
-    from latentstore.rgb import ArrayImageDataset, ImageFolderDataset
+        return ds, len(s.label_names), s.codec["C"], ds.store.centres
+    from latentstore.data.rgb import ArrayImageDataset, ImageFolderDataset
     if kind == "recon" or path.endswith(".npz"):
         if kind == "recon":
             from latentstore_train.data import decoded_store
@@ -74,9 +73,15 @@ def make_dataset(kind: str, path: str, train: bool, crop: int, seed: int):
         else:
             z = np.load(path, allow_pickle=False)
             images, labels, n_classes = z["images"], z["labels"], int(z["num_classes"])
-        return ArrayImageDataset(images, labels, train, seed), n_classes, 3, "image"
+        return ArrayImageDataset(images, labels, train, seed), n_classes, 3, None
     ds = ImageFolderDataset(path, crop or 224, train, seed)
-    return ds, len(ds.label_names), 3, "image"
+    return ds, len(ds.label_names), 3, None
+
+
+def batch_input(b: dict, centres, device: str) -> torch.Tensor:
+    """The model's input on `device`: latents cross as uint8 symbols and are expanded there; images as floats."""
+    x = dequantize_on(b["latent"], centres, device) if centres is not None else b["image"].to(device, non_blocking=True)
+    return to_channels_last(x, device)
 
 
 def lr_at(cfg: ClassifyConfig, step: int, steps_per_epoch: int, world: int) -> float:
@@ -89,16 +94,14 @@ def lr_at(cfg: ClassifyConfig, step: int, steps_per_epoch: int, world: int) -> f
 
 
 @torch.no_grad()
-def evaluate(model, loader, key: str, device: str, autocast) -> dict:
+def evaluate(model, loader, centres, device: str) -> dict:
     model.eval()
     n = top1 = top5 = 0
     loss = 0.0
     for b in loader:
-        x = b[key].to(device, non_blocking=True)
-        if device == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = batch_input(b, centres, device)
         y = b["label"].to(device)
-        with autocast:
+        with autocast_for(device):
             logits = model(x).float()
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         k = min(5, logits.shape[1])
@@ -112,11 +115,11 @@ def evaluate(model, loader, key: str, device: str, autocast) -> dict:
 
 def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
     rank, world, local = _dist()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = resolve_device(cfg.device)
     if device == "cuda":
         torch.cuda.set_device(local)
     os.makedirs(out_dir, exist_ok=True)
-    train_ds, n_classes, cin, key = make_dataset(cfg.input, cfg.train, True, cfg.crop, cfg.seed)
+    train_ds, n_classes, cin, centres = make_dataset(cfg.input, cfg.train, True, cfg.crop, cfg.seed)
     val_ds, _, _, _ = make_dataset(cfg.input, cfg.val, False, cfg.crop, cfg.seed)
     torch.manual_seed(cfg.seed)  # here, not earlier: loading data may build (and so seed-consume) a codec
     model = build(cfg.model, in_channels=cin, num_classes=n_classes, width=cfg.width, depth_scale=cfg.depth_scale)
@@ -141,7 +144,6 @@ def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
         meta = load_checkpoint(out_dir, model, opt, gen)
         step, log, epochs_log, elapsed = meta["step"], meta["log"], meta["epochs_log"], meta["elapsed"]
         loader.load_state_dict(meta["loader"])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
     total_steps = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     t0 = time.time() - elapsed
     bar = None
@@ -163,11 +165,9 @@ def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
         for b in loader:
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step, steps_per_epoch, world)
-            x = b[key].to(device, non_blocking=True)
-            if device == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = batch_input(b, centres, device)
             y = b["label"].to(device, non_blocking=True)
-            with autocast:
+            with autocast_for(device):
                 loss = F.cross_entropy(ddp_model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -185,7 +185,7 @@ def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
         if loader.batches_done == steps_per_epoch:  # stopped on the epoch's last batch: close the epoch
             loader.set_epoch(epoch + 1)
         if loader.batches_done == 0:  # the epoch ran to its end
-            ev = evaluate(model, val_loader, key, device, autocast) if rank == 0 else {}
+            ev = evaluate(model, val_loader, centres, device) if rank == 0 else {}
             epochs_log.append({"epoch": epoch + 1, "step": step, "epoch_seconds": time.time() - epoch_start, **ev})
             epoch_start = time.time()
             checkpoint()
@@ -229,19 +229,8 @@ def write_logs(out_dir: str, log: list, epochs_log: list) -> None:
             print(f"plot skipped: {e}")
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f, default in asdict(ClassifyConfig()).items():
-        ap.add_argument(f"--{f.replace('_', '-')}", type=type(default) if default is not None else str, default=default)
-    ap.add_argument("--out", required=True)
-    a = vars(ap.parse_args(argv))
-    out = a.pop("out")
-    r = train(ClassifyConfig(**a), out)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(json.dumps(r["epochs"], indent=1))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+if __name__ == "__main__":  # python -m latentstore_train.classify: the same options as `latentstore train classify`
+    import sys
 
-
-if __name__ == "__main__":
-    main()
+    from latentstore.cli import main
+    main(["train", "classify", *sys.argv[1:]], prog_name="latentstore")

@@ -1,6 +1,7 @@
-"""Train a codec operating point: python -m latentstore_train.codec --name ls-c16 --out runs/ls-c16
+"""Train a codec operating point: latentstore train codec --name ls-c16 --out runs/ls-c16
+(also: python -m latentstore_train.codec ...)
 
-Data: random crops of the offline photos' training split (latentstore.photos), flips included.
+Data: random crops of the offline photos' training split (latentstore.data.photos), flips included.
 Loss (Torfason et al. eq. 1): MSE(x, x_hat) on the 0..255 scale + beta * max(H_soft - H_t, 0),
 with H_t = target_bpp * 64 / C bits per symbol.
 Sigma schedule: the soft assignment's sharpness rises geometrically from `sigma` to `sigma_final`
@@ -10,9 +11,7 @@ Runs on CPU (fp32) and CUDA (bf16 autocast) alike; checkpoints resume exactly.
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import math
 import os
 import time
@@ -23,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from latentstore.codec.model import CodecConfig, LatentCodec
-from latentstore.codec.zoo import OPERATING_POINTS, floor_frequencies, save_codec
-from latentstore.photos import available_photos, resize_shorter
+from latentstore.codec.zoo import OPERATING_POINTS, save_codec
+from latentstore.data.photos import available_photos, resize_shorter
+from latentstore.device import autocast_for, resolve_device
+from latentstore.errors import UsageError
 from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 
 
@@ -44,6 +45,19 @@ class CodecTrainConfig:
     stop_at: int = 0  # stop this invocation after this step, schedule unchanged (0 = run to `steps`); resume tests
 
 
+def codec_config_for(name: str, beta: float | None = None, N: int | None = None) -> CodecConfig:
+    """The config of a named operating point (C and target bpp from the paper), with optional overrides."""
+    if name not in OPERATING_POINTS:
+        raise UsageError(f"unknown operating point {name!r} (known: {', '.join(OPERATING_POINTS)})")
+    C, bpp = OPERATING_POINTS[name]
+    cfg = CodecConfig(name=name, C=C, target_bpp=bpp)
+    if beta is not None:
+        cfg.beta = beta
+    if N is not None:
+        cfg.N = N
+    return cfg
+
+
 def sigma_at(cfg: CodecTrainConfig, step: int) -> float:
     t = min(1.0, step / max(1, cfg.steps))
     return cfg.codec.sigma * (cfg.sigma_final / cfg.codec.sigma) ** t
@@ -58,7 +72,7 @@ def load_training_photos(cfg: CodecTrainConfig) -> list[torch.Tensor]:
     if cfg.max_photos:
         photos = photos[: cfg.max_photos]
     if not photos:
-        raise SystemExit("no training photos found (install scikit-image or the Debian wallpaper packages)")
+        raise UsageError("no training photos found (install scikit-image or the Debian wallpaper packages)")
     out = []
     for p in photos:
         a = resize_shorter(p.load(), cfg.photo_side)
@@ -92,7 +106,7 @@ def loss_terms(model: LatentCodec, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, progress: bool = True) -> dict:
     os.makedirs(out_dir, exist_ok=True)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = LatentCodec(cfg.codec).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -103,7 +117,6 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
     if has_checkpoint(out_dir):
         meta = load_checkpoint(out_dir, model, opt, gen)
         step, log, elapsed = meta["step"], meta.get("log", []), meta.get("elapsed", 0.0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
     t0 = time.time() - elapsed
     bar = None
     if progress:
@@ -116,7 +129,7 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         x = sample_batch(photos, cfg, gen).to(device)
-        with autocast:
+        with autocast_for(device):
             t = loss_terms(model, x)
         opt.zero_grad(set_to_none=True)
         t["loss"].backward()
@@ -138,22 +151,21 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
         bar.close()
     result = {"steps": step, "train_seconds": log[-1]["seconds"] if log else 0.0, "device": device}
     if install_to:
-        freqs = freeze_frequencies(model, photos, device)
+        model.update(symbol_counts(model, photos, device))  # the frozen entropy model, then the new hash
         meta = {**result, "seed": cfg.seed, "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                 "date": time.strftime("%Y-%m-%d"), "n_train_photos": len(photos), "train_config": resolved}
-        result["weights_hash"] = save_codec(model.cpu(), freqs, install_to, meta)
+        result["weights_hash"] = save_codec(model.cpu(), install_to, meta)
     return result
 
 
 @torch.no_grad()
-def freeze_frequencies(model: LatentCodec, photos: list[torch.Tensor], device: str) -> np.ndarray:
-    """Per-channel symbol counts over the whole training photos, floored: the frozen entropy model."""
+def symbol_counts(model: LatentCodec, photos: list[torch.Tensor], device: str) -> np.ndarray:
+    """Per-channel symbol counts over the whole training photos: what `model.update` freezes."""
     model.eval()
     hist = np.zeros((model.cfg.C, model.cfg.L), dtype=np.int64)
     for img in photos:
-        z = model.encode(img.unsqueeze(0).float().to(device) / 255.0)
-        hist += model.quantizer.symbols(z.float())["hard_hist"].cpu().numpy()
-    return floor_frequencies(hist)
+        hist += model.symbols(img.unsqueeze(0).float().to(device) / 255.0)["hard_hist"].cpu().numpy()
+    return hist
 
 
 def write_log(out_dir: str, log: list[dict]) -> None:
@@ -191,27 +203,8 @@ def plot_log(log: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--name", default="ls-c16", choices=sorted(OPERATING_POINTS))
-    ap.add_argument("--out", required=True, help="run directory (checkpoints, log.csv, curves.png)")
-    ap.add_argument("--steps", type=int, default=CodecTrainConfig.steps)
-    ap.add_argument("--batch-size", type=int, default=CodecTrainConfig.batch_size)
-    ap.add_argument("--crop", type=int, default=CodecTrainConfig.crop)
-    ap.add_argument("--lr", type=float, default=CodecTrainConfig.lr)
-    ap.add_argument("--beta", type=float, default=CodecConfig.beta)
-    ap.add_argument("--N", type=int, default=CodecConfig.N)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--install", action="store_true", help="write the finished codec into latentstore/weights/")
-    a = ap.parse_args(argv)
-    C, bpp = OPERATING_POINTS[a.name]
-    cfg = CodecTrainConfig(codec=CodecConfig(name=a.name, C=C, target_bpp=bpp, beta=a.beta, N=a.N), steps=a.steps,
-                           batch_size=a.batch_size, crop=a.crop, lr=a.lr, seed=a.seed, device=a.device)
-    from latentstore.codec.zoo import WEIGHTS_DIR
-    dest = os.path.join(WEIGHTS_DIR, f"{a.name}.safetensors") if a.install else None
-    print(json.dumps(train(cfg, a.out, dest), indent=1))
+if __name__ == "__main__":  # python -m latentstore_train.codec: the same options as `latentstore train codec`
+    import sys
 
-
-if __name__ == "__main__":
-    main()
+    from latentstore.cli import main
+    main(["train", "codec", *sys.argv[1:]], prog_name="latentstore")

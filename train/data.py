@@ -33,12 +33,12 @@ def decoded_store(path: str, batch: int = 256) -> tuple[np.ndarray, np.ndarray, 
         return z["images"], z["labels"], int(z["num_classes"])
     if s.mode != "fixed":
         raise ValueError("decoding to an RGB training set needs a fixed-size store")
-    model = s.codec.model
+    codec = s.codec
     size = s.schema.policy["size"]
     out = np.empty((len(s), size, size, 3), np.uint8)
     for b0 in range(0, len(s), batch):
         sym = torch.from_numpy(np.stack([s.symbols(i) for i in range(b0, min(len(s), b0 + batch))]))
-        x = model.decode(model.quantizer.dequantize(sym))
+        x = codec.reconstruct(sym)
         out[b0: b0 + len(sym)] = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     labels = s.labels.astype(np.int64)
     tmp = cache + f".tmp{os.getpid()}.npz"

@@ -1,4 +1,4 @@
-"""compress(image) -> bytes and decompress(bytes) -> image, on top of a loaded codec."""
+"""One image as a numpy array in, bytes out, and back: the convenience layer over LatentCodec."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,8 @@ import torch
 
 from ..errors import BitstreamError
 from . import bitstream as bs
-from .zoo import LoadedCodec, find_codec_by_hash, load_codec
+from .model import DEFAULT_CODER, LatentCodec
+from .zoo import find_codec_by_hash, load_codec
 
 
 def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -20,54 +21,35 @@ def tensor_to_rgb(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-@torch.no_grad()
-def image_symbols(codec: LoadedCodec, rgb: np.ndarray) -> np.ndarray:
+def image_symbols(codec: LatentCodec, rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> (C, ceil(H/8), ceil(W/8)) uint8 symbols."""
-    dev = next(codec.model.parameters()).device
-    z = codec.model.encode(rgb_to_tensor(rgb).to(dev))
-    return codec.model.quantizer.symbols(z)["symbols"][0].cpu().numpy()
+    return codec.symbols(rgb_to_tensor(rgb).to(codec.device))["symbols"][0].cpu().numpy()
 
 
-def symbols_to_bytes(codec: LoadedCodec, symbols: np.ndarray, size: tuple[int, int]) -> bytes:
-    """Entropy-code (C, h, w) symbols of an image of `size` (H, W) into a complete bitstream."""
-    C, h, w = symbols.shape
-    header = bs.Header(codec.name, codec.hash, C, codec.cfg.L, h, w, int(size[0]), int(size[1]))
-    return bs.pack(header, bs.encode_symbols(symbols, codec.freqs))
-
-
-def compress(rgb: np.ndarray, codec: LoadedCodec | str) -> bytes:
+def compress(rgb: np.ndarray, codec: LatentCodec | str, coder: str = DEFAULT_CODER) -> bytes:
     codec = load_codec(codec) if isinstance(codec, str) else codec
-    return symbols_to_bytes(codec, image_symbols(codec, rgb), rgb.shape[:2])
+    return codec.pack(image_symbols(codec, rgb), rgb.shape[:2], coder)
 
 
-def bytes_to_symbols(data: bytes, codec: LoadedCodec | None = None) -> tuple[bs.Header, np.ndarray, LoadedCodec]:
-    """Parse, check the codec identity and decode the symbols. With no codec given, the shipped one named in the header."""
-    header, words = bs.unpack(data)
-    if codec is None:
-        codec = find_codec_by_hash(header.codec_id, header.weights_hash)
-        if codec is None:
-            raise BitstreamError(f"bitstream was made by codec {header.codec_id!r} (weights {header.weights_hash}), "
-                                 "which is not available here")
-    elif (header.codec_id, header.weights_hash) != (codec.name, codec.hash):
+def codec_for(data: bytes, codec: LatentCodec | str | None = None) -> LatentCodec:
+    """The codec to decode `data`: the one given, or the shipped one its header names."""
+    if isinstance(codec, str):
+        return load_codec(codec)
+    if codec is not None:
+        return codec
+    header, _ = bs.unpack(data)
+    found = find_codec_by_hash(header.codec_id, header.weights_hash)
+    if found is None:
         raise BitstreamError(f"bitstream was made by codec {header.codec_id!r} (weights {header.weights_hash}), "
-                             f"not {codec.name!r} (weights {codec.hash})")
-    if (header.C, header.L) != (codec.cfg.C, codec.cfg.L):
-        raise BitstreamError("bitstream header is corrupt (C or L differs from the codec's)")
-    symbols = bs.decode_symbols(words, codec.freqs, (header.C, header.h, header.w))
-    if symbols.max(initial=0) >= codec.cfg.L:
-        raise BitstreamError("bitstream decoded to out-of-range symbols (corrupt)")
-    return header, symbols, codec
+                             "which is not available here")
+    return found
 
 
-@torch.no_grad()
-def symbols_to_rgb(codec: LoadedCodec, symbols: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    dev = next(codec.model.parameters()).device
-    s = torch.from_numpy(np.ascontiguousarray(symbols)).unsqueeze(0).to(dev)
-    x = codec.model.decode(codec.model.quantizer.dequantize(s), size)
-    return tensor_to_rgb(x)
+def symbols_to_rgb(codec: LatentCodec, symbols: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return tensor_to_rgb(codec.reconstruct(torch.from_numpy(np.ascontiguousarray(symbols)).unsqueeze(0), size))
 
 
-def decompress(data: bytes, codec: LoadedCodec | str | None = None) -> np.ndarray:
-    codec = load_codec(codec) if isinstance(codec, str) else codec
-    header, symbols, codec = bytes_to_symbols(data, codec)
+def decompress(data: bytes, codec: LatentCodec | str | None = None) -> np.ndarray:
+    codec = codec_for(data, codec)
+    header, symbols = codec.parse(data)
     return symbols_to_rgb(codec, symbols, (header.H, header.W))

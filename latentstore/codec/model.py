@@ -1,19 +1,32 @@
-"""The compressive autoencoder of Theis et al. (2017), as used by Torfason et al. (2018).
+"""The learned codec: encoder, soft-to-hard quantizer, decoder and the entropy model, in one module.
 
-Encoder: 5x5/2 conv (N/2) -> 5x5/2 conv (N) -> 3 residual units -> 5x5/2 conv (C): z is (C, H/8, W/8).
-Decoder: the mirror, upsampling with sub-pixel convolutions (pixel shuffle).
-The model returns dicts with fixed keys, like CompressAI's.
+As in CompressAI, the model owns its entropy model and its bytes:
+    codec.compress(x)        -> {"strings": [bytes per image], "shape": (H, W)}
+    codec.decompress(strings) -> {"x_hat": (B, 3, H, W) in [0, 1]}
+    codec.update(counts)     rebuilds the coding tables from symbol counts after training
+`forward` is the training path and returns a dict with fixed keys. The codec's identity is its
+weights hash (a sha256 over every tensor, entropy tables included), carried by every bitstream.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import latentstore_kernels as K
+
+from ..errors import BitstreamError
+from . import bitstream as bs
+from .entropy import get_coder
+from .networks import Decoder, Encoder
 from .quantizer import SoftToHardQuantizer
+
+DEFAULT_CODER = "latentstore.ans"  # the entropy coder compress() uses unless told otherwise
 
 
 @dataclass
@@ -38,60 +51,46 @@ class CodecConfig:
 
     @classmethod
     def from_json(cls, s: str) -> "CodecConfig":
-        return cls(**json.loads(s))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in json.loads(s).items() if k in known})
 
 
-class ResidualUnit(nn.Module):
-    def __init__(self, n: int):
+def weights_hash(state: dict[str, torch.Tensor]) -> str:
+    """First 16 hex digits of a sha256 over the tensors in name order: the codec's identity."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def floor_frequencies(hist: np.ndarray, floor_fraction: float = 1e-4) -> np.ndarray:
+    """Symbol counts -> counts with a floor: every symbol gets at least `floor_fraction` of its channel's total."""
+    hist = np.asarray(hist, dtype=np.int64)
+    floor = np.maximum(1, np.ceil(hist.sum(1, keepdims=True) * floor_fraction)).astype(np.int64)
+    return np.maximum(hist, floor)
+
+
+class EntropyModel(nn.Module):
+    """The frozen per-channel symbol model: (C, L) int64 counts, every one > 0 (state key 'entropy.freqs')."""
+
+    def __init__(self, C: int, L: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(n, n, 3, padding=1)
-        self.conv2 = nn.Conv2d(n, n, 3, padding=1)
+        self.register_buffer("freqs", torch.ones(C, L, dtype=torch.int64))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.leaky_relu(self.conv1(x), 0.2))
+    def update(self, counts, floor_fraction: float = 1e-4) -> None:
+        self.freqs.copy_(torch.as_tensor(floor_frequencies(np.asarray(counts), floor_fraction)))
 
-
-class Encoder(nn.Module):
-    def __init__(self, cfg: CodecConfig):
-        super().__init__()
-        n = cfg.N
-        self.conv1 = nn.Conv2d(3, n // 2, 5, stride=2, padding=2)
-        self.conv2 = nn.Conv2d(n // 2, n, 5, stride=2, padding=2)
-        self.res = nn.Sequential(*[ResidualUnit(n) for _ in range(3)])
-        self.conv3 = nn.Conv2d(n, cfg.C, 5, stride=2, padding=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.leaky_relu(self.conv1(x), 0.2)  # (B, N/2, H/2, W/2)
-        x = F.leaky_relu(self.conv2(x), 0.2)  # (B, N, H/4, W/4)
-        x = self.res(x)
-        return self.conv3(x)  # (B, C, H/8, W/8)
-
-    def forward_without_last_bias(self, x: torch.Tensor) -> torch.Tensor:
-        """z minus conv3's bias: the conversion kernel adds the bias while it quantizes."""
-        x = F.leaky_relu(self.conv1(x), 0.2)
-        x = F.leaky_relu(self.conv2(x), 0.2)
-        x = self.res(x)
-        return F.conv2d(x, self.conv3.weight, None, stride=2, padding=2)
-
-
-class Decoder(nn.Module):
-    def __init__(self, cfg: CodecConfig):
-        super().__init__()
-        n = cfg.N
-        self.conv1 = nn.Conv2d(cfg.C, n * 4, 3, padding=1)
-        self.res = nn.Sequential(*[ResidualUnit(n) for _ in range(3)])
-        self.conv2 = nn.Conv2d(n, (n // 2) * 4, 3, padding=1)
-        self.conv3 = nn.Conv2d(n // 2, 3 * 4, 3, padding=1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = F.pixel_shuffle(self.conv1(z), 2)  # (B, N, H/4, W/4)
-        x = self.res(F.leaky_relu(x, 0.2))
-        x = F.leaky_relu(F.pixel_shuffle(self.conv2(x), 2), 0.2)  # (B, N/2, H/2, W/2)
-        return F.pixel_shuffle(self.conv3(x), 2)  # (B, 3, H, W), normalised units
+    def tables(self, coder_id: str):
+        """What coder `coder_id` codes with."""
+        if coder_id == "latentstore.ans":
+            return self.freqs.cpu().numpy()
+        raise BitstreamError(f"codec has no tables for entropy coder {coder_id!r}")
 
 
 class LatentCodec(nn.Module):
-    """Encoder + soft-to-hard quantizer + decoder. Images in [0, 1], any size."""
+    """Encoder + soft-to-hard quantizer + decoder + entropy model. Images in [0, 1], any size."""
 
     def __init__(self, cfg: CodecConfig):
         super().__init__()
@@ -99,12 +98,51 @@ class LatentCodec(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.quantizer = SoftToHardQuantizer(cfg.L, cfg.centre_range, cfg.sigma)
+        self.entropy = EntropyModel(cfg.C, cfg.L)
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1))
+        self.meta: dict = {}  # the training record (where, how long, measured figures)
+        self._hash: str | None = None
 
-    # -- shape handling: reflect-pad to a multiple of 8, crop back after decoding
+    # ------------------------------------------------------------------------------ identity
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def hash(self) -> str:
+        """Weights hash, fixed when the codec is loaded or `update()`d (training changes weights first)."""
+        if self._hash is None:
+            self._hash = weights_hash(self.state_for_saving())
+        return self._hash
+
+    def state_for_saving(self) -> dict[str, torch.Tensor]:
+        return {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
+                for k, v in self.state_dict().items()}
+
+    @property
+    def freqs(self) -> np.ndarray:
+        return self.entropy.freqs.cpu().numpy()
+
+    def centres(self) -> np.ndarray:
+        """Centres as frozen into a bitstream: symbol j means centres()[j]."""
+        return self.quantizer.sorted_centres().cpu().numpy().astype(np.float32)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def update(self, counts=None, floor_fraction: float = 1e-4) -> str:
+        """Rebuild the coding tables (from symbol counts, when given) and the hash; returns the hash."""
+        if counts is not None:
+            self.entropy.update(counts, floor_fraction)
+        self._hash = None
+        return self.hash
+
+    # --------------------------------------------------------------------------- networks
     @staticmethod
     def pad8(x: torch.Tensor) -> torch.Tensor:
+        """Reflect-pad to a multiple of 8 (decode crops back)."""
         h, w = x.shape[-2:]
         ph, pw = (-h) % 8, (-w) % 8
         if ph == 0 and pw == 0:
@@ -125,12 +163,64 @@ class LatentCodec(nn.Module):
     def decode(self, z_q: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Quantized latents -> (B, 3, H, W) in [0, 1], cropped to `size` when given."""
         x = self.denormalise(self.decoder(z_q)).clamp(0, 1)
-        if size is not None:
-            x = x[..., : size[0], : size[1]]
-        return x
+        return x[..., : size[0], : size[1]] if size is not None else x
 
     def forward(self, x01: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.encode(x01)
+        z = self.encode(x01)  # (B, C, h, w)
         q = self.quantizer(z)
-        x_hat = self.denormalise(self.decoder(q["z_q"]))[..., : x01.shape[-2], : x01.shape[-1]]
+        x_hat = self.denormalise(self.decoder(q["z_q"]))[..., : x01.shape[-2], : x01.shape[-1]]  # (B, 3, H, W)
         return {"x_hat": x_hat, "z": z, **q}
+
+    # ------------------------------------------------------------------- symbols and bytes
+    @torch.no_grad()
+    def symbols(self, x01: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) in [0, 1] -> {'symbols': uint8 (B, C, h, w), 'hard_hist': int64 (C, L)}.
+
+        The one path from pixels to symbols (compress and conversion alike): the encoder's last bias
+        is added inside the symbol kernel, and z goes in its own dtype (bf16 under autocast)."""
+        z, bias = self.encoder.forward_unbiased(self.normalise(self.pad8(x01)))
+        return K.symbols(z, self.quantizer.centres.detach(), bias.detach())
+
+    @torch.no_grad()
+    def reconstruct(self, symbols: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """uint8 (B, C, h, w) symbols -> (B, 3, H, W) in [0, 1]."""
+        return self.decode(self.quantizer.dequantize(symbols.to(self.device)), size)
+
+    def pack(self, symbols: np.ndarray, size: tuple[int, int], coder: str = DEFAULT_CODER) -> bytes:
+        """Entropy-code (C, h, w) symbols of an image of `size` (H, W) into a complete bitstream."""
+        C, h, w = symbols.shape
+        c = get_coder(coder)
+        header = bs.Header(self.name, self.hash, C, self.cfg.L, h, w, int(size[0]), int(size[1]), c.bitstream_version)
+        return bs.pack(header, c.encode(np.ascontiguousarray(symbols, dtype=np.uint8), self.entropy.tables(c.id)))
+
+    def parse(self, data: bytes) -> tuple[bs.Header, np.ndarray]:
+        """A bitstream of this codec -> (header, (C, h, w) uint8 symbols); anything else is a BitstreamError."""
+        from .entropy import coder_for_version
+        header, payload = bs.unpack(data)
+        if (header.codec_id, header.weights_hash) != (self.name, self.hash):
+            raise BitstreamError(f"bitstream was made by codec {header.codec_id!r} (weights {header.weights_hash}), "
+                                 f"not {self.name!r} (weights {self.hash})")
+        if (header.C, header.L) != (self.cfg.C, self.cfg.L):
+            raise BitstreamError("bitstream header is corrupt (C or L differs from the codec's)")
+        c = coder_for_version(header.version)
+        symbols = c.decode(payload, self.entropy.tables(c.id), header.shape)
+        if symbols.max(initial=0) >= self.cfg.L:
+            raise BitstreamError("bitstream decoded to out-of-range symbols (corrupt)")
+        return header, symbols
+
+    @torch.no_grad()
+    def compress(self, x01: torch.Tensor, coder: str = DEFAULT_CODER) -> dict:
+        """(B, 3, H, W) in [0, 1] -> {'strings': B complete bitstreams, 'shape': (H, W)}."""
+        H, W = x01.shape[-2:]
+        sym = self.symbols(x01.to(self.device))["symbols"].cpu().numpy()
+        return {"strings": [self.pack(s, (H, W), coder) for s in sym], "shape": (H, W)}
+
+    @torch.no_grad()
+    def decompress(self, strings: list[bytes]) -> dict:
+        """Bitstreams of one image size -> {'x_hat': (B, 3, H, W) in [0, 1]}."""
+        parsed = [self.parse(s) for s in strings]
+        sizes = {(h.H, h.W) for h, _ in parsed}
+        if len(sizes) > 1:
+            raise BitstreamError("decompress() batches bitstreams of one image size; decode the others apart")
+        sym = torch.from_numpy(np.stack([s for _, s in parsed]))
+        return {"x_hat": self.reconstruct(sym, sizes.pop())}

@@ -4,7 +4,7 @@ Every input is screened from its header first (cheap): refused outright when it 
 image, truncated (no end-of-image marker), smaller than 8 px or over the pixel limit. Plain JPEG
 and PNG in RGB or greyscale without an EXIF rotation go through DALI's `decoders.image`; CMYK,
 alpha, palette, 16-bit and EXIF-rotated images are decoded by Pillow with the project's policy
-(latentstore.imageio), then fed to the *same* DALI resize/crop stage as raw pixels. The route
+(latentstore.data.imageio), then fed to the *same* DALI resize/crop stage as raw pixels. The route
 depends on the file alone, so an image gives the same pixels whatever batch it lands in.
 
 DALI cannot skip a corrupt file inside a batch: when a batch fails, the pipeline is rebuilt, the
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BadImageError
-from ..imageio import MAX_PIXELS, MIN_SIDE, decode_image_bytes
+from ..data.imageio import MAX_PIXELS, MIN_SIDE, decode_image_bytes
 
 DALI_FORMATS = {"JPEG", "PNG"}
 DALI_MODES = {"RGB", "L"}

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..codec.api import symbols_to_bytes
-from ..codec.zoo import load_codec
+from ..codec.zoo import codec_file, load_codec
+from ..device import autocast_for, resolve_device
 from ..errors import UsageError
 from ..store.schema import StoreSchema
 from ..store.writer import Sample, StoreWriter, finalize_store
@@ -65,6 +65,24 @@ class ConvertSummary:
     def images_per_s(self) -> float:
         return (self.stored + self.rejected) / self.wall_s if self.wall_s else 0.0
 
+    def describe(self) -> str:
+        """What `latentstore convert` prints: counts, speed, stages, the first rejects, then the store."""
+        from ..store.info import format_info, info
+        s = self
+        lines = [f"converted      {s.stored:,} images stored, {s.rejected:,} rejected by this process in {s.wall_s:.1f} s "
+                 f"({s.images_per_s:.1f} img/s); {s.shards_written} shards written, {s.shards_skipped} already done"]
+        if s.stage_s:
+            lines.append("stages (s)     " + ", ".join(f"{k} {v:.1f}" for k, v in s.stage_s.items()))
+        for r in s.rejects[:10]:
+            lines.append(f"  rejected     {r['path']}: {r['reason']}")
+        if len(s.rejects) > 10:
+            lines.append(f"  ... and {len(s.rejects) - 10} more (see `latentstore info --json`)")
+        if s.finalized:
+            lines.append(format_info(info(s.dst)))
+        else:
+            lines.append("this rank is done; run `latentstore merge DST` once every rank has finished")
+        return "\n".join(lines)
+
 
 def resolve_rank(opts: ConvertOptions) -> tuple[int, int]:
     """--num-shards/--shard-id, else torchrun's RANK/WORLD_SIZE, else a single process."""
@@ -78,16 +96,6 @@ def resolve_rank(opts: ConvertOptions) -> tuple[int, int]:
     return rank, world
 
 
-def _device(opts: ConvertOptions) -> str:
-    if opts.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if opts.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    if opts.device not in ("cpu", "cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda (got {opts.device!r})")
-    return opts.device
-
-
 def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
     t_start = time.time()
     if opts.fmt not in ("zarr", "wds"):
@@ -97,7 +105,7 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
     rank, world = resolve_rank(opts)
     codec = load_codec(opts.codec)
     listing = list_inputs(src)
-    device = _device(opts)
+    device = resolve_device(opts.device)
     if rank == 0 and os.path.exists(dst) and not opts.resume:
         raise UsageError(f"{dst} exists; pass --resume to continue it, or choose a new destination")
 
@@ -113,13 +121,9 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
         inputs_sha256=listing.sha256(), name=os.path.basename(os.path.normpath(dst)).split(".")[0] or "latents",
         has_masks=any(it.mask for it in listing.items) and opts.size is not None,
     )
-    codec_file = opts.codec if os.path.exists(opts.codec) else os.path.join(
-        os.path.dirname(os.path.dirname(__file__)), "weights", f"{codec.name}.safetensors")
-    writer = StoreWriter.open(dst, schema, codec_file, opts.resume, rank, world)
+    writer = StoreWriter.open(dst, schema, codec_file(opts.codec), opts.resume, rank, world)
     if rank == 0 and listing.notes:
-        # things that are not inputs but deserve a record (an empty class folder): kept with the store
-        from ..store.schema import PARTS_DIR, write_json_atomic
-        write_json_atomic(listing.notes, os.path.join(dst, PARTS_DIR, "notes.json"))
+        writer.record_notes(listing.notes)  # not inputs, but worth keeping (an empty class folder)
 
     done = writer.committed()
     mine = [k for k in range(schema.num_shards) if k % world == rank]
@@ -140,9 +144,7 @@ def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, co
     schema = writer.schema
     # channels_last: 1.4x faster convolutions on x86 CPUs (oneDNN) and the layout tensor cores want
     # (a copy: the zoo caches codecs, and compress() elsewhere must keep its own layout and bytes)
-    model = copy.deepcopy(codec.model).to(device).to(memory_format=torch.channels_last)
-    centres = model.quantizer.centres.detach().to(device)
-    bias = model.encoder.conv3.bias.detach().to(device)
+    model = copy.deepcopy(codec).to(device).to(memory_format=torch.channels_last)
     stage = DaliImageStage(opts.size, opts.batch_size, device)
     stats = {"decode": 0.0, "encode": 0.0, "code": 0.0, "write": 0.0}
     total = sum(len(writer.shard_slots(k)) for k in todo)
@@ -176,6 +178,7 @@ def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, co
     need_bitstream = schema.kind == "wds" or schema.policy["mode"] == "native"
     shard_samples: list = []
     shard_rejects: list = []
+    shard_counts = np.zeros((schema.codec["C"], schema.codec["L"]), np.int64)
     try:
         while True:
             msg = decoded.get()
@@ -185,7 +188,9 @@ def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, co
                 raise msg
             k, last_in_shard, (ok, rejects) = msg
             t0 = time.time()
-            shard_samples += list(_encode(model, centres, bias, ok, device, schema))
+            encoded, counts = _encode(model, ok, device, schema)
+            shard_samples += encoded
+            shard_counts += counts
             stats["encode"] += time.time() - t0
             shard_rejects += rejects
             if bar:
@@ -195,13 +200,14 @@ def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, co
                 if pending_write is not None:
                     pending_write.result()  # at most one shard in flight: memory stays flat
                 # entropy coding and the write run beside the encoding of the next shard
-                pending_write = writer_pool.submit(_code_and_write, writer, k, samples, shard_rejects, stats,
-                                                   coder if need_bitstream else None, codec)
+                pending_write = writer_pool.submit(_code_and_write, writer, k, samples, shard_rejects, shard_counts,
+                                                   stats, coder if need_bitstream else None, codec)
                 summary.stored += len(samples)
                 summary.rejected += len(shard_rejects)
                 summary.rejects += shard_rejects
                 summary.shards_written += 1
                 shard_samples, shard_rejects = [], []
+                shard_counts = np.zeros_like(shard_counts)
         if pending_write is not None:
             pending_write.result()
     finally:
@@ -212,15 +218,15 @@ def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, co
     summary.stage_s = stats
 
 
-def _code_and_write(writer, k, samples, rejects, stats, coder, codec):
+def _code_and_write(writer, k, samples, rejects, counts, stats, coder, codec):
     """Entropy-code the shard's samples on the coder pool (WebDataset / native), then commit the shard."""
     t0 = time.time()
     if coder is not None:
-        futs = [coder.submit(symbols_to_bytes, codec, s.symbols, s.stored_size) for s in samples]
+        futs = [coder.submit(codec.pack, s.symbols, s.stored_size) for s in samples]
         for s, f in zip(samples, futs):
             s.bitstream = f.result()
     t1 = time.time()
-    writer.write_shard(k, samples, rejects)  # fixed-size Zarr: zarr runs our ANS codec per chunk here
+    writer.write_shard(k, samples, rejects, counts)  # fixed-size Zarr: zarr runs our ANS codec per chunk here
     stats["code"] += t1 - t0
     stats["write"] += time.time() - t1
 
@@ -259,22 +265,21 @@ def _decode_batch(items: list[InputItem], slots: list[int], stage: DaliImageStag
 
 
 @torch.no_grad()
-def _encode(model, centres, bias, ok, device, schema):
-    """Yields (slot, symbols (C, h, w) uint8, meta) for a decoded batch."""
-    import latentstore_kernels as K
-    if not ok:
-        return
+def _encode(model, ok, device, schema) -> tuple[list, np.ndarray]:
+    """A decoded batch -> ([(slot, symbols (C, h, w) uint8, meta)], the batch's (C, L) symbol counts)."""
+    counts = np.zeros((schema.codec["C"], schema.codec["L"]), np.int64)
+    out: list = []
     groups = [ok] if schema.policy["mode"] == "fixed" else [[o] for o in ok]  # native: shapes differ
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
-    for g in groups:
+    for g in (g for g in groups if g):
         x = torch.from_numpy(np.stack([o[1] for o in g])).to(device).permute(0, 3, 1, 2).float() / 255.0
         x = x.contiguous(memory_format=torch.channels_last)  # NHWC from DALI is already this layout
-        with autocast:
-            z = model.encoder.forward_without_last_bias(model.normalise(model.pad8(x)))
-        sym = K.symbols(z.float(), centres, bias)["symbols"].cpu().numpy()
-        for (slot, rgb, meta), s in zip(g, sym):
+        with autocast_for(device):
+            r = model.symbols(x)
+        counts += r["hard_hist"].cpu().numpy()  # the kernel's histogram: no second pass over the symbols
+        for (slot, rgb, meta), s in zip(g, r["symbols"].cpu().numpy()):
             meta["stored_size"] = rgb.shape[:2]
-            yield slot, s, meta
+            out.append((slot, s, meta))
+    return out, counts
 
 
 def _make_sample(t, items, schema) -> Sample:

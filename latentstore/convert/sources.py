@@ -13,7 +13,7 @@ import tarfile
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..imageio import IMAGE_EXTENSIONS
+from ..data.imageio import IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)

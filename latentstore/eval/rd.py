@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..codec.api import compress, decompress
-from ..codec.metrics import bpp, msssim, psnr
+from .metrics import bpp, msssim, psnr
 from ..codec.zoo import load_codec
 
 JPEG_QUALITIES = [1, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 75, 90]
@@ -148,6 +148,21 @@ def plot(pts: list[RDPoint], codec_names: list[str], path: str, title: str = "")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def format_summary(rows: list[dict]) -> str:
+    """The summary rows as a text table (what `latentstore eval rd` prints)."""
+    lines = [f"{'codec':8} {'bpp':>6} {'PSNR':>6} {'MS-SSIM':>8} | {'JPEG PSNR':>9} {'JPEG MS-SSIM':>12} | "
+             f"{'J2K PSNR':>8} {'J2K MS-SSIM':>11}   (classical codecs interpolated to the codec's bpp, photo by photo)"]
+    for r in rows:
+        def f(key, w, p):
+            v = r[key]
+            return f"{v:>{w}.{p}f}" if v == v else f"{'n/a':>{w}}"
+        lines.append(f"{r['codec']:8} {r['bpp']:>6.3f} {r['psnr']:>6.2f} {r['msssim']:>8.4f} | {f('JPEG_psnr_at_bpp', 9, 2)} "
+                     f"{f('JPEG_msssim_at_bpp', 12, 4)} | {f('JPEG2000_psnr_at_bpp', 8, 2)} {f('JPEG2000_msssim_at_bpp', 11, 4)}"
+                     f"   beats JPEG MS-SSIM on {r['beats_JPEG_msssim']}/{r['JPEG_msssim_reached']} photos JPEG reaches, "
+                     f"J2K on {r['beats_JPEG2000_msssim']}/{r['JPEG2000_msssim_reached']}")
+    return "\n".join(lines)
 
 
 def run(photos: list[tuple[str, np.ndarray]], codec_names: list[str], out_dir: str, progress=None) -> list[dict]:

@@ -6,10 +6,10 @@ import os
 import numpy as np
 
 from ..codec.api import compress, decompress
-from ..codec.metrics import bpp, msssim, psnr
+from .metrics import bpp, msssim, psnr
 from ..codec.zoo import load_codec
-from ..imageio import load_image
-from ..photos import available_photos, resize_shorter
+from ..data.imageio import load_image
+from ..data.photos import available_photos, resize_shorter
 
 
 def load_photos(paths, max_side: int = 512) -> list[tuple[str, np.ndarray]]:

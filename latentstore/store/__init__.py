@@ -1,2 +1,3 @@
-"""Latent stores: the schema, writers and readers for Zarr v3 and WebDataset."""
-from .reader import LatentStore, open_store, webdataset_decoder  # noqa: F401
+"""Latent stores on disk: the schema, the layouts (backends), the writer, verification."""
+from .backends import webdataset_decoder  # noqa: F401
+from .reader import LatentStore, open_store  # noqa: F401

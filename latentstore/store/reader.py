@@ -1,23 +1,18 @@
 """Reading a latent store from the store alone: symbols, labels, masks, and pixels via the embedded codec.
 
-`open_store(path)` returns a LatentStore with random access by sample index (valid samples only,
-in slot order) for both formats. WebDataset shards are indexed once (tar member offsets), then
-read with positioned reads, so a DataLoader worker can fetch any sample.
+`open_store(path)` returns a LatentStore with random access by sample index (valid samples only, in
+slot order), whatever the layout: the layout's own knowledge sits in its backend (store/backends/).
 """
 from __future__ import annotations
 
-import io
-import json
 import os
-import tarfile
 from functools import cached_property
 
 import numpy as np
 
-from ..codec.bitstream import Header, decode_symbols, unpack
-from ..errors import BitstreamError, StoreError
+from ..errors import StoreError
+from .backends import Backend, backend_for
 from .schema import CODEC_FILE, StoreSchema, read_schema
-from .writer import sample_key
 
 
 class LatentStore:
@@ -27,12 +22,9 @@ class LatentStore:
         if not schema.complete and not allow_incomplete:
             raise StoreError(f"{path}: store is incomplete (conversion interrupted or ranks not merged); "
                              "run `latentstore convert --resume` or `latentstore merge`")
-        self.freqs = np.asarray(schema.codec["freqs"], dtype=np.int64)
         self.centres = np.asarray(schema.codec["centres"], dtype=np.float32)
-        self._g = None
-        self._tar_index = None
+        self.backend: Backend = backend_for(path, schema)
 
-    # ------------------------------------------------------------------------------ basics
     @property
     def kind(self) -> str:
         return self.schema.kind
@@ -44,111 +36,31 @@ class LatentStore:
     @cached_property
     def slots(self) -> np.ndarray:
         """Slot index of every valid sample, ascending: sample i lives at slot slots[i]."""
-        if self.kind == "zarr":
-            return np.flatnonzero(self.group["valid"][:])
-        return np.array(sorted(self.tar_index), dtype=np.int64)
+        return self.backend.slots()
 
     def __len__(self) -> int:
         return len(self.slots)
 
     @cached_property
     def labels(self) -> np.ndarray:
-        if self.kind == "zarr":
-            return self.group["labels"][:][self.slots]
-        return np.array([self.tar_index[s]["label"] for s in self.slots], dtype=np.int64)
-
-    @property
-    def group(self):
-        if self._g is None:
-            import zarr
-            self._g = zarr.open_group(self.path, mode="r")
-        return self._g
-
-    @cached_property
-    def shard_reader(self):
-        from .zarr_fast import ShardReader
-        return ShardReader.for_store(self.path, self.freqs)
-
-    # ------------------------------------------------------------------------ tar indexing
-    @property
-    def tar_index(self) -> dict:
-        """slot -> {"tar", "latent": (offset, size), "mask": (offset, size) | None, "label"}."""
-        if self._tar_index is None:
-            idx = {}
-            for k in range(self.schema.num_shards):
-                tar = os.path.join(self.path, f"{self.schema.name}-{k:06d}.tar")
-                if not os.path.exists(tar):
-                    continue  # a shard whose inputs were all rejected
-                with tarfile.open(tar, "r") as tf:
-                    for m in tf:
-                        key, _, ext = m.name.partition(".")
-                        slot = int(key[1:])
-                        e = idx.setdefault(slot, {"tar": tar, "mask": None})
-                        if ext == "latent":
-                            e["latent"] = (m.offset_data, m.size)
-                        elif ext == "mask.npy":
-                            e["mask"] = (m.offset_data, m.size)
-                        elif ext == "cls":
-                            e["label"] = int(tf.extractfile(m).read())
-            self._tar_index = idx
-        return self._tar_index
-
-    @staticmethod
-    def _pread(path: str, off: int, size: int) -> bytes:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            return os.pread(fd, size, off)
-        finally:
-            os.close(fd)
+        return self.backend.labels(self.slots)
 
     # ------------------------------------------------------------------------- per sample
     def bitstream(self, i: int) -> bytes | None:
-        slot = int(self.slots[i])
-        if self.kind == "wds":
-            e = self.tar_index[slot]
-            return self._pread(e["tar"], *e["latent"])
-        if self.mode == "native":
-            return bytes(self.group["bitstreams"][slot: slot + 1][0])
-        return None
+        return self.backend.bitstream(int(self.slots[i]))
 
     def symbols(self, i: int, checked: bool = False) -> np.ndarray:
-        """(C, h, w) uint8 symbols of sample i. checked=True reads Zarr through zarr itself (CRCs checked)."""
-        slot = int(self.slots[i])
-        if self.kind == "zarr" and self.mode == "fixed":
-            fast = None if checked else self.shard_reader
-            return fast.read(slot) if fast is not None else self.group["latents"][slot]
-        header, words = self.parse(self.bitstream(i), f"sample {i}")
-        return decode_symbols(words, self.freqs, (header.C, header.h, header.w))
-
-    def parse(self, data: bytes, where: str) -> tuple[Header, np.ndarray]:
-        try:
-            header, words = unpack(data)
-        except BitstreamError as e:
-            raise StoreError(f"{self.path}: {where}: {e}") from None
-        if header.weights_hash != self.schema.codec["weights_hash"]:
-            raise StoreError(f"{self.path}: {where}: made by codec {header.codec_id} ({header.weights_hash}), "
-                             f"not the store's {self.schema.codec['id']}")
-        return header, words
+        """(C, h, w) uint8 symbols of sample i. checked=True reads through the checksummed path."""
+        return self.backend.symbols(int(self.slots[i]), checked)
 
     def label(self, i: int) -> int:
         return int(self.labels[i])
 
     def mask(self, i: int) -> np.ndarray | None:
-        if not self.schema.has_masks:
-            return None
-        slot = int(self.slots[i])
-        if self.kind == "zarr":
-            return self.group["masks"][slot]
-        e = self.tar_index[slot]
-        return None if e["mask"] is None else np.load(io.BytesIO(self._pread(e["tar"], *e["mask"])), allow_pickle=False)
+        return self.backend.mask(int(self.slots[i]))
 
     def meta(self, i: int) -> dict:
-        slot = int(self.slots[i])
-        if self.kind == "zarr":
-            return {"size": self.group["sizes"][slot].tolist(), "source": str(self.group["sources"][slot]), "slot": slot}
-        e = self.tar_index[slot]
-        with tarfile.open(e["tar"], "r") as tf:
-            return json.loads(tf.extractfile(f"{sample_key(slot)}.json").read())
+        return self.backend.meta(int(self.slots[i]))
 
     def dequantize(self, symbols: np.ndarray) -> np.ndarray:
         return self.centres[symbols]
@@ -163,38 +75,24 @@ class LatentStore:
             raise StoreError(f"{self.path}: embedded codec's hash {c.hash} differs from the schema's")
         return c
 
+    def stored_size(self, i: int) -> tuple[int, int]:
+        """Pixels the encoder saw for sample i: S x S in fixed mode, the original size in native mode."""
+        if self.mode == "fixed":
+            s = self.schema.policy["size"]
+            return s, s
+        H, W = self.meta(i)["size"]
+        return int(H), int(W)
+
     def decode_rgb(self, i: int) -> np.ndarray:
         """Reconstructed pixels of sample i at the stored resolution (native: the original size)."""
         from ..codec.api import symbols_to_rgb
-        sym = self.symbols(i)
-        if self.mode == "fixed":
-            s = self.schema.policy["size"]
-            return symbols_to_rgb(self.codec, sym, (s, s))
-        H, W = self.meta(i)["size"]
-        return symbols_to_rgb(self.codec, sym, (H, W))
+        return symbols_to_rgb(self.codec, self.symbols(i), self.stored_size(i))
+
+    def __getstate__(self):  # DataLoader workers reopen lazily what they need
+        d = dict(self.__dict__)
+        d.pop("codec", None)
+        return d
 
 
 def open_store(path: str, allow_incomplete: bool = False) -> LatentStore:
     return LatentStore(path, read_schema(path), allow_incomplete)
-
-
-def webdataset_decoder(store_path: str, output: str = "symbols"):
-    """A `webdataset` decode handler for `.latent` members, built from the store's own schema:
-
-        ds = webdataset.WebDataset(shards).decode(webdataset_decoder(store_dir))
-        sample["latent"]  # (C, h, w) uint8 symbols, or floats with output="float"
-    """
-    schema = read_schema(store_path)
-    freqs = np.asarray(schema.codec["freqs"], dtype=np.int64)
-    centres = np.asarray(schema.codec["centres"], dtype=np.float32)
-
-    def handler(key: str, data: bytes):
-        if not key.endswith("latent"):
-            return None
-        header, words = unpack(data)
-        if header.weights_hash != schema.codec["weights_hash"]:
-            raise StoreError(f"{key}: made by codec {header.codec_id}, not the store's {schema.codec['id']}")
-        sym = decode_symbols(words, freqs, (header.C, header.h, header.w))
-        return centres[sym] if output == "float" else sym
-
-    return handler

@@ -68,15 +68,6 @@ class StoreSchema:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def write_json_atomic(obj, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def detect_kind(path: str) -> str:
     if os.path.exists(os.path.join(path, "zarr.json")):
         return "zarr"

@@ -1,170 +1,41 @@
-"""`latentstore verify` and `latentstore info`: re-read every byte, and describe a store."""
+"""`latentstore verify`: re-read every byte a reader trusts, check every checksum, decode every sample."""
 from __future__ import annotations
 
 import os
-import tarfile
 
-import numpy as np
-
-from ..errors import StoreError
-from .reader import LatentStore, open_store
-from .schema import CODEC_FILE, PARTS_DIR
+from .reader import open_store
+from .schema import CODEC_FILE
 from .writer import sha256_file
-
-IMAGENET_TRAIN_IMAGES = 1_281_167
-PAPER_GB_AT_0635 = 24.8  # Torfason et al.: ImageNet train at 0.635 bpp
-PAPER_JPEG_GB = 144.0
-PAPER_PIXELS_PER_IMAGE = PAPER_GB_AT_0635 * 1e9 * 8 / (0.635 * IMAGENET_TRAIN_IMAGES)  # ~ 244k px
-
-
-def _shard_of(schema, rel: str) -> str:
-    """A readable shard name for a file path inside the store."""
-    if rel.endswith(".tar"):
-        return os.path.basename(rel)
-    parts = rel.split("/")
-    return f"{parts[0]} shard {parts[2]}" if len(parts) > 2 and parts[1] == "c" else rel
 
 
 def verify(path: str, progress=None) -> dict:
     """Checks every checksum and decodes every sample. Returns {"ok", "errors", "samples", "files"}."""
     store = open_store(path)
-    schema = store.schema
+    schema, backend = store.schema, store.backend
     errors: list[str] = []
     for rel, want in sorted(schema.checksums.items()):
         f = os.path.join(path, rel)
         if not os.path.exists(f):
-            errors.append(f"{_shard_of(schema, rel)}: file {rel} is missing")
+            errors.append(f"{backend.file_where(rel)}: file {rel} is missing")
         elif sha256_file(f) != want:
-            errors.append(f"{_shard_of(schema, rel)}: checksum mismatch in {rel}")
+            errors.append(f"{backend.file_where(rel)}: checksum mismatch in {rel}")
     if not os.path.exists(os.path.join(path, CODEC_FILE)):
         errors.append(f"{CODEC_FILE} is missing")
-    if schema.kind == "wds":
-        errors += _check_tars(store)
+    structural = backend.check()
+    errors += structural
     n = 0
-    for i in range(len(store) if not (schema.kind == "wds" and errors) else 0):
-        try:
-            sym = store.symbols(i, checked=True)
-            if sym.max(initial=0) >= schema.codec["L"]:
-                raise StoreError("symbols out of range")
-            n += 1
-        except Exception as e:  # any failure to decode is a finding, with the sample named
-            meta_slot = int(store.slots[i])
-            errors.append(f"{_sample_where(store, meta_slot)}: does not decode ({str(e).splitlines()[0][:200]})")
-        if progress:
-            progress(1)
-    if schema.kind == "wds" and errors:  # still decode what can be decoded, tar by tar
-        n = _decode_readable_tars(store, errors)
+    if structural:  # the index cannot be trusted: name what still decodes, container by container
+        n = backend.decode_readable(errors)
+    else:
+        L = schema.codec["L"]
+        for i in range(len(store)):
+            try:
+                sym = store.symbols(i, checked=True)
+                if sym.max(initial=0) >= L:
+                    raise ValueError("symbols out of range")
+                n += 1
+            except Exception as e:  # any failure to decode is a finding, with the sample named
+                errors.append(f"{backend.where(int(store.slots[i]))}: does not decode ({str(e).splitlines()[0][:200]})")
+            if progress:
+                progress(1)
     return {"ok": not errors, "errors": errors, "samples": n, "files": len(schema.checksums)}
-
-
-def _sample_where(store: LatentStore, slot: int) -> str:
-    k = slot // store.schema.shard_size
-    if store.kind == "wds":
-        return f"{store.schema.name}-{k:06d}.tar sample s{slot:09d}"
-    return f"{'latents' if store.mode == 'fixed' else 'bitstreams'} shard {k} sample {slot}"
-
-
-def _check_tars(store: LatentStore) -> list[str]:
-    errs = []
-    for k in range(store.schema.num_shards):
-        tar = os.path.join(store.path, f"{store.schema.name}-{k:06d}.tar")
-        rel = os.path.basename(tar)
-        if not os.path.exists(tar):
-            continue  # all-rejected shard, or reported as missing by the checksum pass
-        try:
-            with tarfile.open(tar, "r") as tf:
-                for m in tf:
-                    if m.offset_data + m.size > os.path.getsize(tar):
-                        raise tarfile.ReadError(f"member {m.name} runs past the end of the file")
-        except (tarfile.TarError, OSError) as e:
-            errs.append(f"{rel}: unreadable tar ({e})")
-    return errs
-
-
-def _decode_readable_tars(store: LatentStore, errors: list[str]) -> int:
-    """When a tar is damaged, name the samples in it that no longer decode."""
-    from ..codec.bitstream import decode_symbols
-    n = 0
-    for k in range(store.schema.num_shards):
-        tar = os.path.join(store.path, f"{store.schema.name}-{k:06d}.tar")
-        if not os.path.exists(tar):
-            continue
-        try:
-            with tarfile.open(tar, "r") as tf:
-                for m in tf:
-                    if not m.name.endswith(".latent"):
-                        continue
-                    try:
-                        data = tf.extractfile(m).read()
-                        header, words = store.parse(data, m.name)
-                        decode_symbols(words, store.freqs, (header.C, header.h, header.w))
-                        n += 1
-                    except Exception as e:
-                        errors.append(f"{os.path.basename(tar)} sample {m.name.split('.')[0]}: does not decode "
-                                      f"({str(e).splitlines()[0][:160]})")
-        except (tarfile.TarError, OSError):
-            pass
-    return n
-
-
-def dir_bytes(path: str) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            total += os.path.getsize(os.path.join(root, f))
-    return total
-
-
-def info(path: str) -> dict:
-    store = open_store(path, allow_incomplete=True)
-    s = store.schema
-    t = s.totals
-    on_disk = dir_bytes(path)
-    latent = t.get("latent_bytes", 0)
-    out = {
-        "path": path, "format": s.kind, "schema_version": s.schema_version, "complete": s.complete,
-        "codec": {k: s.codec[k] for k in ("id", "weights_hash", "C", "L")},
-        "mode": s.policy["mode"], "size": s.policy.get("size"),
-        "num_samples": s.num_samples, "num_rejected": s.num_rejected, "num_classes": len(s.label_names),
-        "bytes_on_disk": on_disk, "latent_bytes": latent, "source_bytes": t.get("source_bytes", 0),
-        "bpp_stored": latent * 8 / t["stored_pixels"] if t.get("stored_pixels") else None,
-        "bpp_source": latent * 8 / t["source_pixels"] if t.get("source_pixels") else None,
-        "bpp_entropy_estimate": t.get("entropy_bits", 0) / t["stored_pixels"] if t.get("stored_pixels") else None,
-        "ratio_to_source": t.get("source_bytes", 0) / on_disk if on_disk else None,
-        "ratio_latents_to_source": t.get("source_bytes", 0) / latent if latent else None,
-        "other_bytes": on_disk - latent,  # embedded codec, metadata, labels, source paths, tar headers
-        "codec_file_bytes": os.path.getsize(os.path.join(path, CODEC_FILE)) if os.path.exists(os.path.join(path, CODEC_FILE)) else 0,
-    }
-    if out["bpp_stored"]:
-        out["imagenet_projection"] = imagenet_projection(out["bpp_stored"])
-    return out
-
-
-def imagenet_projection(bpp_stored: float) -> dict:
-    """ImageNet-1k train at this store's measured bits per stored pixel."""
-    gb = lambda px: IMAGENET_TRAIN_IMAGES * px * bpp_stored / 8 / 1e9  # noqa: E731
-    return {"images": IMAGENET_TRAIN_IMAGES, "bpp": bpp_stored,
-            "gb_at_256x256": gb(256 * 256),
-            "gb_at_paper_resolution": gb(PAPER_PIXELS_PER_IMAGE), "paper_pixels_per_image": PAPER_PIXELS_PER_IMAGE,
-            "paper_gb": PAPER_GB_AT_0635, "paper_jpeg_gb": PAPER_JPEG_GB}
-
-
-def format_info(d: dict) -> str:
-    lines = [f"store          {d['path']}  ({d['format']}, schema v{d['schema_version']}"
-             f"{'' if d['complete'] else ', INCOMPLETE'})",
-             f"codec          {d['codec']['id']}  C={d['codec']['C']} L={d['codec']['L']}  weights {d['codec']['weights_hash']}",
-             f"mode           {d['mode']}" + (f" {d['size']}x{d['size']}" if d['size'] else ""),
-             f"samples        {d['num_samples']:,} stored, {d['num_rejected']:,} rejected, {d['num_classes']} classes",
-             f"bytes on disk  {d['bytes_on_disk']:,} (latents {d['latent_bytes']:,}); sources {d['source_bytes']:,}"]
-    if d["bpp_stored"]:
-        lines += [f"bpp            {d['bpp_stored']:.4f} actual per stored pixel, {d['bpp_entropy_estimate']:.4f} entropy "
-                  f"estimate; {d['bpp_source']:.4f} per source pixel",
-                  f"ratio          sources / latents = {d['ratio_latents_to_source']:.1f}x; sources / whole store = "
-                  f"{d['ratio_to_source']:.2f}x (besides latents: {d['other_bytes']:,} bytes, of which the embedded "
-                  f"codec is {d['codec_file_bytes']:,}; the rest is metadata, labels, source paths"
-                  f"{', tar headers' if d['format'] == 'wds' else ''})"]
-        p = d["imagenet_projection"]
-        lines += [f"ImageNet-1k    {p['gb_at_256x256']:.1f} GB at 256x256; {p['gb_at_paper_resolution']:.1f} GB at the paper's "
-                  f"~{p['paper_pixels_per_image'] / 1e3:.0f}k px/image (paper: {p['paper_gb']} GB at 0.635 bpp; "
-                  f"JPEG: {p['paper_jpeg_gb']:.0f} GB)"]
-    return "\n".join(lines)

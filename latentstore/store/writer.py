@@ -14,21 +14,22 @@ atomically. A shard without its part file does not exist: resume rewrites it. `f
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
-import tarfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import __version__
+from ..atomic import write_json_atomic
 from ..errors import StoreError, UsageError
-from .schema import CODEC_FILE, PARTS_DIR, StoreSchema, read_schema, write_json_atomic
+from .backends import backend_for
+from .schema import CODEC_FILE, PARTS_DIR, StoreSchema, read_schema
 
 INIT_MARKER = "INIT.json"  # in _parts/: written last by the rank that creates the store
+NOTES_FILE = "notes.json"  # in _parts/: conversion notes, folded into the schema by finalize
 
 
 @dataclass
@@ -52,17 +53,19 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def shard_entropy_bits(samples: list[Sample], freqs: np.ndarray) -> float:
-    """Cross-entropy of the shard's symbols under the frozen model: the entropy-estimated size."""
-    if not samples:
-        return 0.0
-    logp = np.log2(freqs / freqs.sum(1, keepdims=True))
-    C = freqs.shape[0]
-    hist = np.zeros_like(freqs, dtype=np.int64)
+def symbol_counts(samples: list[Sample], C: int, L: int) -> np.ndarray:
+    """(C, L) symbol counts of samples; conversion passes the kernel's own histograms instead."""
+    hist = np.zeros((C, L), dtype=np.int64)
     for s in samples:
         flat = s.symbols.reshape(C, -1).astype(np.int64)
-        hist += np.stack([np.bincount(flat[c], minlength=freqs.shape[1]) for c in range(C)])
-    return float(-(hist * logp).sum())
+        hist += np.stack([np.bincount(flat[c], minlength=L) for c in range(C)])
+    return hist
+
+
+def cross_entropy_bits(counts: np.ndarray, freqs: np.ndarray) -> float:
+    """Bits of symbols with these (C, L) counts under the frozen per-channel model: the entropy-estimated size."""
+    logp = np.log2(freqs / freqs.sum(1, keepdims=True))
+    return float(-(np.asarray(counts) * logp).sum())
 
 
 class StoreWriter:
@@ -72,7 +75,7 @@ class StoreWriter:
         self.root = root
         self.schema = schema
         self.freqs = np.asarray(schema.codec["freqs"], dtype=np.int64)
-        self._zarr = None
+        self.backend = backend_for(root, schema)
 
     # ----------------------------------------------------------------------------- opening
     @classmethod
@@ -107,14 +110,16 @@ class StoreWriter:
     def _create(cls, root: str, schema: StoreSchema, codec_file: str) -> None:
         schema.created = schema.created or time.strftime("%Y-%m-%d")
         schema.latentstore_version = __version__
-        if schema.kind == "zarr":
-            from .zarr_layout import create_arrays
-            create_arrays(root, schema)  # first: zarr's mode="w" clears the directory
+        backend = backend_for(root, schema)
+        backend.create()  # first: zarr's mode="w" clears the directory
         os.makedirs(os.path.join(root, PARTS_DIR), exist_ok=True)
         shutil.copyfile(codec_file, os.path.join(root, CODEC_FILE))
-        if schema.kind == "wds":
-            write_json_atomic(schema.to_dict(), os.path.join(root, "schema.json"))
+        backend.write_schema(schema)
         write_json_atomic(schema.to_dict(), os.path.join(root, PARTS_DIR, INIT_MARKER))
+
+    def record_notes(self, notes: list[dict]) -> None:
+        """Findings that are not inputs (an empty class folder): kept in the schema once finalized."""
+        write_json_atomic(notes, os.path.join(self.root, PARTS_DIR, NOTES_FILE))
 
     # ----------------------------------------------------------------------------- shards
     def part_path(self, k: int) -> str:
@@ -128,18 +133,16 @@ class StoreWriter:
         S = self.schema.shard_size
         return range(k * S, min((k + 1) * S, self.schema.num_slots))
 
-    def write_shard(self, k: int, samples: list[Sample], rejects: list[dict]) -> dict:
+    def write_shard(self, k: int, samples: list[Sample], rejects: list[dict], counts: np.ndarray | None = None) -> dict:
+        """Write and commit shard k. `counts`: the shard's (C, L) symbol counts, when the caller has them."""
         slots = self.shard_slots(k)
         assert all(s.slot in slots for s in samples), "sample outside its shard"
         samples = sorted(samples, key=lambda s: s.slot)
-        if self.schema.kind == "zarr":
-            from .zarr_layout import write_zarr_shard
-            files = write_zarr_shard(self.root, self.schema, k, slots, samples)
-        else:
-            files = [self._write_tar(k, samples)]
+        files = self.backend.write_shard(k, slots, samples)
         checksums = {os.path.relpath(f, self.root): sha256_file(f) for f in files}
-        latent_bytes = sum(os.path.getsize(f) for f in files
-                           if os.path.relpath(f, self.root).split(os.sep)[0] in ("latents", "bitstreams") or f.endswith(".tar"))
+        latent_bytes = sum(os.path.getsize(f) for f in files if self.backend.is_payload(os.path.relpath(f, self.root)))
+        if counts is None:
+            counts = symbol_counts(samples, *self.freqs.shape)
         part = {
             "shard": k, "samples": len(samples), "rejects": rejects, "checksums": checksums,
             "totals": {
@@ -148,39 +151,11 @@ class StoreWriter:
                 "stored_pixels": int(sum(s.stored_size[0] * s.stored_size[1] for s in samples)),
                 "latent_bytes": int(latent_bytes),
                 "payload_bytes": int(sum(len(s.bitstream) for s in samples)),
-                "entropy_bits": shard_entropy_bits(samples, self.freqs),
+                "entropy_bits": cross_entropy_bits(counts, self.freqs) if samples else 0.0,
             },
         }
         write_json_atomic(part, self.part_path(k))
         return part
-
-    def tar_name(self, k: int) -> str:
-        return os.path.join(self.root, f"{self.schema.name}-{k:06d}.tar")
-
-    def _write_tar(self, k: int, samples: list[Sample]) -> str:
-        path = self.tar_name(k)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
-            for s in samples:
-                key = sample_key(s.slot)
-                meta = {"size": list(s.size), "stored_size": list(s.stored_size), "source": s.source,
-                        "label": s.label, "slot": s.slot}
-                members = [(f"{key}.latent", s.bitstream), (f"{key}.cls", str(s.label).encode()),
-                           (f"{key}.json", json.dumps(meta, sort_keys=True).encode())]
-                if s.mask is not None:
-                    buf = io.BytesIO()
-                    np.save(buf, s.mask, allow_pickle=False)
-                    members.append((f"{key}.mask.npy", buf.getvalue()))
-                for name, data in members:
-                    ti = tarfile.TarInfo(name)
-                    ti.size = len(data)
-                    ti.mtime = 0  # same inputs, same bytes
-                    ti.mode = 0o644
-                    tf.addfile(ti, io.BytesIO(data))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
 
     # ----------------------------------------------------------------------------- finalize
     def finalize(self) -> StoreSchema:
@@ -196,10 +171,6 @@ def _half_created_by_us(root: str) -> bool:
             return "latentstore" in json.load(f).get("attributes", {})
     except (OSError, ValueError):
         return False
-
-
-def sample_key(slot: int) -> str:
-    return f"s{slot:09d}"
 
 
 def finalize_store(root: str) -> StoreSchema:
@@ -226,16 +197,12 @@ def finalize_store(root: str) -> StoreSchema:
     schema.num_samples = sum(p["samples"] for p in parts.values())
     schema.rejects = [r for k in sorted(parts) for r in parts[k]["rejects"]]
     schema.num_rejected = len(schema.rejects)
-    notes = os.path.join(d, "notes.json")
+    notes = os.path.join(d, NOTES_FILE)
     if os.path.exists(notes):
         with open(notes) as fh:
             schema.notes = json.load(fh)
     schema.totals = totals
     schema.checksums = {name: h for k in sorted(parts) for name, h in parts[k]["checksums"].items()}
     schema.complete = True
-    if schema.kind == "zarr":
-        from .zarr_layout import write_root_attrs
-        write_root_attrs(root, schema)
-    else:
-        write_json_atomic(schema.to_dict(), os.path.join(root, "schema.json"))
+    backend_for(root, schema).write_schema(schema)
     return read_schema(root)

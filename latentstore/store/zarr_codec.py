@@ -18,7 +18,7 @@ from numcodecs.abc import Codec as NumcodecsCodec
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.buffer import Buffer, NDBuffer
 
-from ..codec.bitstream import decode_symbols, encode_symbols
+from ..codec.entropy.ans_v1 import decode_words, encode_words
 
 CODEC_ID = "latentstore.ans"
 CODEC_VERSION = 1
@@ -29,7 +29,7 @@ def _encode_chunk(a: np.ndarray, freqs: np.ndarray, channel_axis: int) -> bytes:
     C = a.shape[0]
     if C != freqs.shape[0]:
         raise ValueError(f"{CODEC_ID}: chunk has {C} channels, the codec's table {freqs.shape[0]}")
-    words = encode_symbols(np.ascontiguousarray(a.reshape(C, 1, -1)), freqs)
+    words = encode_words(np.ascontiguousarray(a.reshape(C, 1, -1)), freqs)
     return struct.pack("<I", len(words)) + words.tobytes()
 
 
@@ -39,7 +39,7 @@ def _decode_chunk(data: bytes, freqs: np.ndarray, shape: tuple[int, ...], channe
         raise ValueError(f"{CODEC_ID}: chunk is {len(data)} bytes, its header says {4 + 4 * n} (truncated or corrupt)")
     moved = (shape[channel_axis],) + tuple(s for i, s in enumerate(shape) if i != channel_axis)
     rest = int(np.prod(moved[1:]))
-    sym = decode_symbols(np.frombuffer(data, dtype="<u4", offset=4), freqs, (moved[0], 1, rest))
+    sym = decode_words(np.frombuffer(data, dtype="<u4", offset=4), freqs, (moved[0], 1, rest))
     return np.moveaxis(sym.reshape(moved), 0, channel_axis)
 
 

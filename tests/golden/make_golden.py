@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from latentstore.codec.api import compress, image_symbols  # noqa: E402
 from latentstore.codec.model import CodecConfig, LatentCodec  # noqa: E402
-from latentstore.codec.zoo import floor_frequencies, load_codec_file, save_codec  # noqa: E402
+from latentstore.codec.zoo import load_codec_file, save_codec  # noqa: E402
 from latentstore.store.zarr_codec import LatentANSNumcodec  # noqa: E402
 from tests.store_fixtures import make_store  # noqa: E402
 
@@ -25,10 +25,11 @@ def main():
     torch.manual_seed(1234)
     model = LatentCodec(CodecConfig(name="golden-c4", C=4, N=8, L=6, target_bpp=0.3)).eval()
     rng = np.random.default_rng(7)
-    freqs = floor_frequencies(rng.integers(1, 5000, size=(4, 6)), 1e-3)
+    model.update(rng.integers(1, 5000, size=(4, 6)), floor_fraction=1e-3)
     codec_path = os.path.join(HERE, "golden-c4.safetensors")
-    save_codec(model, freqs, codec_path, {"note": "golden fixture codec; never retrain"})
+    save_codec(model, codec_path, {"note": "golden fixture codec; never retrain"})
     codec = load_codec_file(codec_path)
+    freqs = codec.freqs
     img = (rng.random((29, 43, 3)) * 255).astype(np.uint8)
     Image.fromarray(img).save(os.path.join(HERE, "image.png"))
     open(os.path.join(HERE, "image.lsb"), "wb").write(compress(img, codec))

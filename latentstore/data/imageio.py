@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import BadImageError
+from ..errors import BadImageError
 
 MAX_PIXELS = 64_000_000  # a decompression-bomb guard: ~8000 x 8000; ImageNet's largest is ~ 10 Mpx
 MIN_SIDE = 8  # one latent cell is 8x8 pixels

@@ -41,7 +41,7 @@ class ImageFolderDataset(Dataset):
     """SRC/<class>/<image> decoded with Pillow; train: RandomResizedCrop(size) + flip; eval: resize + centre crop."""
 
     def __init__(self, root: str, size: int = 224, train: bool = True, seed: int = 0):
-        from .convert.sources import list_inputs
+        from ..convert.sources import list_inputs
         listing = list_inputs(root)
         self.items, self.label_names = listing.items, listing.label_names
         self.size, self.train, self.seed = size, train, seed

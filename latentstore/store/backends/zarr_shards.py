@@ -16,7 +16,7 @@ import struct
 
 import numpy as np
 
-from .zarr_codec import CODEC_ID, _decode_chunk
+from ..zarr_codec import CODEC_ID, _decode_chunk
 
 EMPTY = 2 ** 64 - 1
 

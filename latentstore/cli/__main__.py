@@ -1,0 +1,4 @@
+"""`python -m latentstore.cli ...` (what torchrun runs for rank-sharded conversion)."""
+from . import main
+
+main()

@@ -1,0 +1,106 @@
+"""Commands on datasets and stores: convert, merge, info, verify, decode."""
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from ..errors import LatentstoreError, UsageError
+from . import main
+from .common import friendly
+
+
+@main.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--codec", default=None, help="operating point name or codec file [default: ls-c16]")
+@click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default="zarr", show_default=True)
+@click.option("--size", type=int, default=256, show_default=True, help="fixed-size mode: shorter side to S, centre crop")
+@click.option("--native", is_flag=True, help="keep every image's own size (variable-shape store)")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--shard-size", type=int, default=256, show_default=True, help="inputs per shard (unit of commit/resume)")
+@click.option("--resume", is_flag=True, help="continue an interrupted conversion into DST")
+@click.option("--num-shards", type=int, default=1, show_default=True, help="world size (default: torchrun's WORLD_SIZE)")
+@click.option("--shard-id", type=int, default=0, show_default=True, help="this rank (default: torchrun's RANK)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@friendly
+def convert(src, dst, codec, fmt, size, native, device, batch_size, shard_size, resume, num_shards, shard_id, quiet):
+    """Convert an image dataset SRC into a latent store DST."""
+    from ..codec.zoo import DEFAULT_CODEC
+    from ..convert.pipeline import ConvertOptions, convert as _convert
+    if batch_size < 1 or shard_size < 1:
+        raise UsageError("--batch-size and --shard-size must be >= 1")
+    opts = ConvertOptions(codec=codec or DEFAULT_CODEC, fmt=fmt, size=None if native else size, device=device,
+                          batch_size=batch_size, shard_size=shard_size, resume=resume, num_shards=num_shards,
+                          shard_id=shard_id, progress=not quiet)
+    click.echo(_convert(src, dst, opts).describe())
+
+
+@main.command()
+@click.argument("dst", type=click.Path())
+@friendly
+def merge(dst):
+    """Commit a rank-sharded conversion: check every shard is written, then write the complete schema."""
+    from ..convert.pipeline import merge as _merge
+    from ..store.info import format_info, info
+    _merge(dst)
+    click.echo(format_info(info(dst)))
+
+
+@main.command("info")
+@click.argument("store", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def info_cmd(store, as_json):
+    """Describe a latent store: format, codec, samples, bytes, bpp, ratio, ImageNet projection."""
+    from ..store.info import format_info, info
+    d = info(store)
+    if as_json:
+        from ..store import open_store
+        d["rejects"] = open_store(store, allow_incomplete=True).schema.rejects
+        click.echo(json.dumps(d, indent=1))
+    else:
+        click.echo(format_info(d))
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@friendly
+def verify(store):
+    """Re-read every byte, check every checksum, decode every sample."""
+    from tqdm import tqdm
+
+    from ..store import open_store
+    from ..store.verify import verify as _verify
+    n = len(open_store(store))
+    with tqdm(total=n, unit="sample", desc="verify", disable=n < 1000) as bar:
+        r = _verify(store, progress=bar.update)
+    for e in r["errors"]:
+        click.echo(f"FAIL {e}", err=True)
+    if not r["ok"]:
+        raise LatentstoreError(f"{store}: {len(r['errors'])} problem(s) found")
+    click.echo(f"ok: {r['samples']:,} samples decode, {r['files']:,} files match their checksums")
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--index", "indices", type=int, multiple=True, help="sample index (repeatable); default: every sample")
+@friendly
+def decode(store, out_dir, indices):
+    """Write reconstructed PNGs of a store's samples (from the codec embedded in the store)."""
+    from tqdm import tqdm
+
+    from ..data.imageio import save_png
+    from ..store import open_store
+    s = open_store(store)
+    idx = list(indices) or list(range(len(s)))
+    bad = [i for i in idx if not 0 <= i < len(s)]
+    if bad:
+        raise UsageError(f"--index {bad[0]} is out of range (the store has {len(s)} samples)")
+    os.makedirs(out_dir, exist_ok=True)
+    for i in tqdm(idx, unit="img", desc="decode", disable=len(idx) < 20):
+        save_png(s.decode_rgb(i), os.path.join(out_dir, f"{i:07d}.png"))
+    click.echo(f"wrote {len(idx)} PNGs to {out_dir}")

@@ -1,0 +1,101 @@
+"""What every store backend provides, and the bitstream decoding they share.
+
+A backend is one on-disk layout (Zarr fixed-size, Zarr native-size, WebDataset). It alone knows its
+file and member names: the writer calls `create` and `write_shard`, the reader calls the per-slot
+methods, `verify` calls `check` and `where`. Slots are global input positions (see store.writer);
+a backend reports which slots hold a sample (`slots`) and reads any of them by position.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...codec import bitstream as bs
+from ...codec.entropy import coder_for_version
+from ...errors import BitstreamError, StoreError
+from ..schema import StoreSchema
+
+
+def schema_tables(schema: StoreSchema, coder_id: str):
+    """The coding tables a store's schema holds for `coder_id`."""
+    if coder_id == "latentstore.ans":
+        return np.asarray(schema.codec["freqs"], dtype=np.int64)
+    raise StoreError(f"store has no tables for entropy coder {coder_id!r}")
+
+
+def decode_bitstream(schema: StoreSchema, data: bytes, where: str) -> np.ndarray:
+    """A complete bitstream of this store's codec -> (C, h, w) uint8 symbols, or StoreError naming `where`."""
+    try:
+        header, payload = bs.unpack(data)
+        if header.weights_hash != schema.codec["weights_hash"]:
+            raise BitstreamError(f"made by codec {header.codec_id} ({header.weights_hash}), "
+                                 f"not the store's {schema.codec['id']}")
+        coder = coder_for_version(header.version)
+        return coder.decode(payload, schema_tables(schema, coder.id), header.shape)
+    except BitstreamError as e:
+        raise StoreError(f"{where}: {e}") from None
+
+
+class Backend:
+    """Base of the three layouts. Subclasses set `kind`/`modes` and implement the methods below."""
+
+    kind: str = ""  # the schema's `kind` this backend writes
+    modes: tuple = ()  # the schema policy modes it serves ("fixed", "native")
+
+    def __init__(self, root: str, schema: StoreSchema):
+        self.root, self.schema = root, schema
+
+    # ---- writing
+    def create(self) -> None:
+        """Lay out an empty store (arrays, folders); the writer adds the codec, parts and schema."""
+        raise NotImplementedError
+
+    def write_schema(self, schema: StoreSchema) -> None:
+        raise NotImplementedError
+
+    def write_shard(self, k: int, slots: range, samples: list) -> list[str]:
+        """Write shard k's samples (sorted by slot); returns the files written, for checksums."""
+        raise NotImplementedError
+
+    def is_payload(self, rel: str) -> bool:
+        """Does this store file (relative path) hold latent payload (vs labels, metadata)?"""
+        raise NotImplementedError
+
+    # ---- reading
+    def slots(self) -> np.ndarray:
+        """Slots that hold a sample, ascending."""
+        raise NotImplementedError
+
+    def labels(self, slots: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def bitstream(self, slot: int) -> bytes | None:
+        """The sample's complete bitstream, where the layout stores one (None for fixed-size Zarr)."""
+        return None
+
+    def symbols(self, slot: int, checked: bool = False) -> np.ndarray:
+        """(C, h, w) uint8. checked=True takes the path that checks every checksum on the way."""
+        return decode_bitstream(self.schema, self.bitstream(slot), self.where(slot))
+
+    def mask(self, slot: int) -> np.ndarray | None:
+        return None
+
+    def meta(self, slot: int) -> dict:
+        """{'size': [H, W] of the original, 'source': ..., 'slot': slot}."""
+        raise NotImplementedError
+
+    # ---- verification
+    def check(self) -> list[str]:
+        """Structural problems (unreadable containers), one line each."""
+        return []
+
+    def decode_readable(self, errors: list[str]) -> int:
+        """After `check` found damage: decode what still can be read, name what cannot; returns the count."""
+        return 0
+
+    def where(self, slot: int) -> str:
+        """A readable name for a sample, for error messages."""
+        raise NotImplementedError
+
+    def file_where(self, rel: str) -> str:
+        """A readable name for a store file's shard."""
+        return rel

@@ -1,0 +1,122 @@
+"""What the two Zarr v3 layouts share: the per-slot arrays, the schema in the root attributes, shard files.
+
+Per-slot arrays, chunked by shard so each shard's files belong to one writer:
+    labels (N,) int32 (-1 where no sample), valid (N,) bool, sizes (N, 2) int32 original H, W,
+    sources (N,) string.
+The schema lives in the root group's attributes under "latentstore".
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from ...atomic import write_json_atomic
+from ..schema import StoreSchema
+from .base import Backend
+
+LABELS, VALID, SIZES, SOURCES = "labels", "valid", "sizes", "sources"
+ATTRS_KEY = "latentstore"
+
+
+def small_array(g, name, shape, dtype, S, fill):
+    return g.create_array(name, shape=shape, dtype=dtype, chunks=(S,) + tuple(shape[1:]), fill_value=fill,
+                          compressors=[BloscCodec(cname="zstd", clevel=3)] if dtype not in ("str", str) else None)
+
+
+def write_root_attrs(root: str, schema: StoreSchema) -> None:
+    """Write the schema into the root zarr.json atomically (zarr's own attrs update rewrites it too)."""
+    path = os.path.join(root, "zarr.json")
+    with open(path) as f:
+        meta = json.load(f)
+    meta.setdefault("attributes", {})[ATTRS_KEY] = schema.to_dict()
+    write_json_atomic(meta, path)
+
+
+class ZarrBackend(Backend):
+    kind = "zarr"
+    payload_arrays: tuple = ()  # arrays holding latent payload (counted as latent bytes)
+
+    def __init__(self, root: str, schema: StoreSchema):
+        super().__init__(root, schema)
+        self._g = None
+
+    @property
+    def group(self):
+        if self._g is None:
+            self._g = zarr.open_group(self.root, mode="r")
+        return self._g
+
+    # ---- writing
+    def create(self) -> None:
+        N, S = self.schema.num_slots, self.schema.shard_size
+        g = zarr.open_group(self.root, mode="w", zarr_format=3)  # first: mode="w" clears the directory
+        self.create_payload_arrays(g)
+        small_array(g, LABELS, (N,), "int32", S, -1)
+        small_array(g, VALID, (N,), "bool", S, False)
+        small_array(g, SIZES, (N, 2), "int32", S, 0)
+        g.create_array(SOURCES, shape=(N,), dtype=str, chunks=(S,))
+
+    def create_payload_arrays(self, g) -> None:
+        raise NotImplementedError
+
+    def write_schema(self, schema: StoreSchema) -> None:
+        write_root_attrs(self.root, schema)
+
+    def chunk_file(self, arr, k: int) -> str:
+        return os.path.join(arr.store.root, arr.path, arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1)))
+
+    def write_shard(self, k: int, slots: range, samples: list) -> list[str]:
+        g = zarr.open_group(self.root, mode="r+")
+        n, lo = len(slots), slots.start
+        rows = [s.slot - lo for s in samples]
+        names = [a for a in (LABELS, VALID, SIZES, SOURCES) + self.payload_arrays + self.extra_arrays() if a in g]
+        for name in names:  # whatever an interrupted attempt left of this shard: rewritten whole
+            f = self.chunk_file(g[name], k)
+            if os.path.exists(f):
+                os.remove(f)
+        self.write_payload(g, lo, n, rows, samples)
+        labels, valid = np.full(n, -1, np.int32), np.zeros(n, bool)
+        sizes, sources = np.zeros((n, 2), np.int32), np.array([""] * n, dtype=object)
+        for r, s in zip(rows, samples):
+            labels[r], valid[r], sizes[r], sources[r] = s.label, True, s.size, s.source
+        g[LABELS][lo: lo + n] = labels
+        g[VALID][lo: lo + n] = valid
+        g[SIZES][lo: lo + n] = sizes
+        g[SOURCES][lo: lo + n] = sources
+        files = [self.chunk_file(g[name], k) for name in names]
+        return [f for f in files if os.path.exists(f)]  # an all-fill chunk is not written at all
+
+    def write_payload(self, g, lo: int, n: int, rows: list[int], samples: list) -> None:
+        raise NotImplementedError
+
+    def extra_arrays(self) -> tuple:
+        return ()
+
+    def is_payload(self, rel: str) -> bool:
+        return rel.split(os.sep)[0] in self.payload_arrays
+
+    # ---- reading
+    def slots(self) -> np.ndarray:
+        return np.flatnonzero(self.group[VALID][:])
+
+    def labels(self, slots: np.ndarray) -> np.ndarray:
+        return self.group[LABELS][:][slots]
+
+    def meta(self, slot: int) -> dict:
+        return {"size": self.group[SIZES][slot].tolist(), "source": str(self.group[SOURCES][slot]), "slot": slot}
+
+    def where(self, slot: int) -> str:
+        return f"{self.payload_arrays[0]} shard {slot // self.schema.shard_size} sample {slot}"
+
+    def file_where(self, rel: str) -> str:
+        parts = rel.split("/")
+        return f"{parts[0]} shard {parts[2]}" if len(parts) > 2 and parts[1] == "c" else rel
+
+    def __getstate__(self):  # zarr groups do not cross into DataLoader workers
+        d = dict(self.__dict__)
+        d["_g"] = None
+        return d
