@@ -11,6 +11,7 @@ import zarr
 from click.testing import CliRunner
 
 from latentstore.cli import main
+from latentstore.errors import StoreError
 from latentstore.store import open_store
 from latentstore.store.verify import verify
 from tests.store_fixtures import make_store, make_tree
@@ -119,7 +120,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tree, zstore, codec_path, tmp_p
     p.wait()
     n_done = len([f for f in os.listdir(parts) if f.startswith("shard-")])
     assert n_done < open_store(zstore).schema.num_shards, "the run finished before it could be killed"
-    with pytest.raises(Exception):
+    with pytest.raises(StoreError, match="incomplete"):
         open_store(dst)  # an interrupted store is refused, not half-read
     q = _cli(*args, "--resume")
     out, err = q.communicate(timeout=300)

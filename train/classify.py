@@ -51,10 +51,11 @@ class ClassifyConfig:
     device: str = "auto"  # auto | cpu | cuda
 
 
-def _dist() -> tuple[int, int, int]:
+def _dist(device: str) -> tuple[int, int, int]:
+    """(rank, world, local rank) under torchrun; NCCL for CUDA training, gloo for CPU (even where CUDA exists)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            dist.init_process_group("nccl" if device == "cuda" else "gloo")
         return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
     return 0, 1, 0
 
@@ -114,8 +115,8 @@ def evaluate(model, loader, centres, device: str) -> dict:
 
 
 def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
-    rank, world, local = _dist()
     device = resolve_device(cfg.device)
+    rank, world, local = _dist(device)
     if device == "cuda":
         torch.cuda.set_device(local)
     os.makedirs(out_dir, exist_ok=True)

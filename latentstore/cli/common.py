@@ -32,6 +32,10 @@ def friendly(fn):
         except MemoryError:
             click.echo("error: out of memory", err=True)
             sys.exit(1)
+        except OSError as e:  # disk full, permission denied, a vanished file: the system's words, one line
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            click.echo(f"error: {where}{e.strerror or e}", err=True)
+            sys.exit(1)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as e:  # a bug of ours: still one line; LATENTSTORE_DEBUG=1 shows the traceback

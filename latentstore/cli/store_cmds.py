@@ -24,17 +24,23 @@ from .common import friendly
 @click.option("--resume", is_flag=True, help="continue an interrupted conversion into DST")
 @click.option("--num-shards", type=int, default=1, show_default=True, help="world size (default: torchrun's WORLD_SIZE)")
 @click.option("--shard-id", type=int, default=0, show_default=True, help="this rank (default: torchrun's RANK)")
+@click.option("--max-file-mb", type=int, default=256, show_default=True,
+              help="an input file (or tar member) larger than this is recorded as a reject")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @friendly
-def convert(src, dst, codec, fmt, size, native, device, batch_size, shard_size, resume, num_shards, shard_id, quiet):
+def convert(src, dst, codec, fmt, size, native, device, batch_size, shard_size, resume, num_shards, shard_id,
+            max_file_mb, quiet):
     """Convert an image dataset SRC into a latent store DST."""
     from ..codec.zoo import DEFAULT_CODEC
     from ..convert.pipeline import ConvertOptions, convert as _convert
-    if batch_size < 1 or shard_size < 1:
-        raise UsageError("--batch-size and --shard-size must be >= 1")
+    if batch_size < 1 or shard_size < 1 or max_file_mb < 1:
+        raise UsageError("--batch-size, --shard-size and --max-file-mb must be >= 1")
+    from ..store.validate import MAX_SHARD_SIZE
+    if shard_size > MAX_SHARD_SIZE:
+        raise UsageError(f"--shard-size must be <= {MAX_SHARD_SIZE}")
     opts = ConvertOptions(codec=codec or DEFAULT_CODEC, fmt=fmt, size=None if native else size, device=device,
                           batch_size=batch_size, shard_size=shard_size, resume=resume, num_shards=num_shards,
-                          shard_id=shard_id, progress=not quiet)
+                          shard_id=shard_id, max_file_mb=max_file_mb, progress=not quiet)
     click.echo(_convert(src, dst, opts).describe())
 
 
@@ -72,11 +78,13 @@ def verify(store):
     """Re-read every byte, check every checksum, decode every sample."""
     from tqdm import tqdm
 
-    from ..store import open_store
+    from ..store.schema import read_schema
     from ..store.verify import verify as _verify
-    n = len(open_store(store))
+    n = read_schema(store).num_samples
     with tqdm(total=n, unit="sample", desc="verify", disable=n < 1000) as bar:
         r = _verify(store, progress=bar.update)
+    for note in r["notes"]:
+        click.echo(f"note: {note}", err=True)
     for e in r["errors"]:
         click.echo(f"FAIL {e}", err=True)
     if not r["ok"]:

@@ -93,6 +93,13 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     return Header(codec_id, hraw.hex(), C, L, h, w, H, W, version), payload
 
 
+def payload_size(data: bytes) -> int:
+    """Bytes of entropy-coded payload in a bitstream (its length minus the container header)."""
+    if len(data) < _FIXED.size + 1 or data[4] != 1:
+        raise BitstreamError("not a version 1 bitstream")
+    return len(data) - (_FIXED.size + 1 + data[_FIXED.size] + _TAIL_V1.size)
+
+
 def check_grid(h: int, w: int, H: int, W: int) -> None:
     if H > 8 * h or W > 8 * w or H <= 8 * (h - 1) or W <= 8 * (w - 1):
         raise BitstreamError("bitstream header is corrupt (image size does not match the latent grid)")

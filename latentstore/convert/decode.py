@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BadImageError
-from ..data.imageio import MAX_PIXELS, MIN_SIDE, decode_image_bytes
+from ..data.imageio import MAX_PIXELS, MIN_SIDE, clean_reason, decode_image_bytes
 
 DALI_FORMATS = {"JPEG", "PNG"}
 DALI_MODES = {"RGB", "L"}
@@ -52,7 +52,7 @@ def screen(data: bytes, where: str) -> Screened:
         fmt, mode, (w, h) = im.format, im.mode, im.size
         orientation = im.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
     except Exception as e:
-        return Screened("reject", reason=f"not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+        return Screened("reject", reason=f"not a readable image ({clean_reason(str(e).splitlines()[0]) if str(e) else type(e).__name__})")
     if w * h > MAX_PIXELS:
         return Screened("reject", reason=f"{w}x{h} is over the {MAX_PIXELS:,}-pixel limit")
     if min(w, h) < MIN_SIDE:
@@ -152,5 +152,5 @@ def dali_error_reason(e: Exception) -> str:
     msg = str(e)
     for line in msg.splitlines():
         if "Could not decode" in line or "Premature" in line or "Unrecognized" in line or "not supported" in line:
-            return f"DALI could not decode it ({line.strip()[:160]})"
-    return f"DALI could not decode it ({msg.splitlines()[0][:160] if msg else type(e).__name__})"
+            return f"DALI could not decode it ({clean_reason(line.strip())[:160]})"
+    return f"DALI could not decode it ({clean_reason(msg.splitlines()[0])[:160] if msg else type(e).__name__})"

@@ -25,7 +25,8 @@ import torch
 
 from ..codec.zoo import codec_file, load_codec
 from ..device import autocast_for, resolve_device
-from ..errors import UsageError
+from ..errors import BadImageError, UsageError
+from ..store.lock import LOCK_DIR
 from ..store.schema import StoreSchema
 from ..store.writer import Sample, StoreWriter, finalize_store
 from .decode import DaliImageStage, Screened, dali_error_reason, screen
@@ -46,6 +47,7 @@ class ConvertOptions:
     coder_threads: int = 4  # entropy-coding threads
     progress: bool = True  # show a progress bar
     max_shards: int = 0  # stop after this many shards (0: all); for benchmarks and tests
+    max_file_mb: int = 256  # an input file (or tar member) larger than this is a reject, not a memory blow-up
 
 
 @dataclass
@@ -106,8 +108,8 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
     codec = load_codec(opts.codec)
     listing = list_inputs(src)
     device = resolve_device(opts.device)
-    if rank == 0 and os.path.exists(dst) and not opts.resume:
-        raise UsageError(f"{dst} exists; pass --resume to continue it, or choose a new destination")
+    if rank == 0 and not opts.resume and os.path.exists(dst) and os.listdir(dst) != [LOCK_DIR]:
+        raise UsageError(f"{dst} exists; pass --resume to continue it, or choose a new destination")  # before any work
 
     schema = StoreSchema(
         kind=opts.fmt,
@@ -122,20 +124,22 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
         has_masks=any(it.mask for it in listing.items) and opts.size is not None,
     )
     writer = StoreWriter.open(dst, schema, codec_file(opts.codec), opts.resume, rank, world)
-    if rank == 0 and listing.notes:
-        writer.record_notes(listing.notes)  # not inputs, but worth keeping (an empty class folder)
-
-    done = writer.committed()
-    mine = [k for k in range(schema.num_shards) if k % world == rank]
-    todo = [k for k in mine if k not in done]
-    if opts.max_shards:
-        todo = todo[: opts.max_shards]
-    summary = ConvertSummary(dst, shards_skipped=len(mine) - len(todo))
-    _run_shards(listing.items, todo, writer, codec, device, opts, summary)
-    summary.wall_s = time.time() - t_start
-    if world == 1 and not opts.max_shards:
-        summary.schema = finalize_store(dst)
-        summary.finalized = True
+    try:
+        if rank == 0 and listing.notes:
+            writer.record_notes(listing.notes)  # not inputs, but worth keeping (an empty class folder)
+        done = writer.committed()
+        mine = [k for k in range(schema.num_shards) if k % world == rank]
+        todo = [k for k in mine if k not in done]
+        if opts.max_shards:
+            todo = todo[: opts.max_shards]
+        summary = ConvertSummary(dst, shards_skipped=len(mine) - len(todo))
+        _run_shards(listing.items, todo, writer, codec, device, opts, summary)
+        summary.wall_s = time.time() - t_start
+        if world == 1 and not opts.max_shards:
+            summary.schema = finalize_store(dst)
+            summary.finalized = True
+    finally:
+        writer.close()
     return summary
 
 
@@ -155,6 +159,7 @@ def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, co
 
     # -------------------------------------------------------------- reader thread: decode
     decoded: queue.Queue = queue.Queue(maxsize=3)
+    max_bytes = opts.max_file_mb << 20
 
     def read_batches():
         try:
@@ -163,7 +168,7 @@ def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, co
                 for b0 in range(0, len(slots), opts.batch_size):
                     t0 = time.time()
                     batch = slots[b0: b0 + opts.batch_size]
-                    decoded.put((k, b0 + len(batch) >= len(slots), _decode_batch(items, batch, stage)))
+                    decoded.put((k, b0 + len(batch) >= len(slots), _decode_batch(items, batch, stage, max_bytes)))
                     stats["decode"] += time.time() - t0
             decoded.put(None)
         except BaseException as e:  # surface reader failures in the main thread
@@ -231,15 +236,15 @@ def _code_and_write(writer, k, samples, rejects, counts, stats, coder, codec):
     stats["write"] += time.time() - t1
 
 
-def _decode_batch(items: list[InputItem], slots: list[int], stage: DaliImageStage):
+def _decode_batch(items: list[InputItem], slots: list[int], stage: DaliImageStage, max_bytes: int):
     """-> ([(slot, HWC uint8 at stored geometry, meta)], [reject dicts])."""
     rejects, dali, pillow = [], [], []
     for slot in slots:
         it = items[slot]
         try:
-            data = it.read()
-        except OSError as e:
-            rejects.append({"path": it.ref, "reason": f"cannot read ({e.strerror or e})"})
+            data = it.read(max_bytes)
+        except BadImageError as e:
+            rejects.append({"path": it.ref, "reason": str(e).split(": ", 1)[-1]})
             continue
         s: Screened = screen(data, it.ref)
         meta = {"source_bytes": len(data)}
@@ -297,6 +302,10 @@ def _make_sample(t, items, schema) -> Sample:
 
 def merge(dst: str) -> StoreSchema:
     """After every rank of a sharded conversion is done: check and commit the whole store."""
+    from ..atomic import remove_stale_temps
+    from ..store.lock import WriterLock
     if not os.path.exists(dst):
         raise UsageError(f"{dst}: no such store")
-    return finalize_store(dst)
+    with WriterLock.for_merge(dst):  # refuses while any rank still writes
+        remove_stale_temps(dst)
+        return finalize_store(dst)

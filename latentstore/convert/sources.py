@@ -12,8 +12,10 @@ import os
 import tarfile
 from dataclasses import dataclass
 
-from ..errors import UsageError
-from ..data.imageio import IMAGE_EXTENSIONS
+from ..data.imageio import IMAGE_EXTENSIONS, MAX_FILE_BYTES, read_bounded
+from ..errors import BadImageError, UsageError
+
+MAX_LABEL_MEMBER = 1024  # a .cls member is a class name, not a payload
 
 
 @dataclass(frozen=True)
@@ -24,16 +26,24 @@ class InputItem:
     tar_offset: int = -1  # where a tar member's data starts
     tar_size: int = -1
 
-    def read(self) -> bytes:
-        if self.tar_offset >= 0:
-            tar = self.ref.split("::", 1)[0]
+    def read(self, limit: int = MAX_FILE_BYTES) -> bytes:
+        """The encoded bytes, bounded: a special file, an oversized file or member is a BadImageError."""
+        if self.tar_offset < 0:
+            return read_bounded(self.ref, limit)
+        if self.tar_size > limit:
+            raise BadImageError(f"{self.ref}: tar member of {self.tar_size:,} bytes is over the {limit:,}-byte file limit")
+        tar = self.ref.split("::", 1)[0]
+        try:
             fd = os.open(tar, os.O_RDONLY)
             try:
-                return os.pread(fd, self.tar_size, self.tar_offset)
+                data = os.pread(fd, self.tar_size, self.tar_offset)
             finally:
                 os.close(fd)
-        with open(self.ref, "rb") as f:
-            return f.read()
+        except OSError as e:
+            raise BadImageError(f"{self.ref}: cannot read ({e.strerror or e})") from None
+        if len(data) != self.tar_size:
+            raise BadImageError(f"{self.ref}: tar member is truncated ({len(data)} of {self.tar_size} bytes)")
+        return data
 
 
 @dataclass
@@ -133,8 +143,8 @@ def _list_tars(tars: list[str]) -> InputListing:
                 cls = {}
                 for m in members:
                     key, _, ext = m.name.partition(".")
-                    if ext == "cls":
-                        cls[key] = tf.extractfile(m).read().decode().strip()
+                    if ext == "cls" and m.size <= MAX_LABEL_MEMBER:
+                        cls[key] = tf.extractfile(m).read().decode(errors="replace").strip()
                 for m in members:
                     key, _, ext = m.name.partition(".")
                     if _is_image(m.name):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from .lock import LOCK_DIR
 from .reader import open_store
 from .schema import CODEC_FILE
 
@@ -14,62 +15,86 @@ PAPER_PIXELS_PER_IMAGE = PAPER_GB_AT_0635 * 1e9 * 8 / (0.635 * IMAGENET_TRAIN_IM
 
 def dir_bytes(path: str) -> int:
     total = 0
-    for root, _, files in os.walk(path):
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if d != LOCK_DIR]  # a writer's lock is not part of the store
         for f in files:
             total += os.path.getsize(os.path.join(root, f))
     return total
 
 
 def info(path: str) -> dict:
+    """What the store holds and where its bytes go: entropy-coded payload, per-sample containers, shard
+    index, embedded codec and metadata. Rates and the ImageNet projection use the payload plus the
+    per-sample container, the same way for every layout."""
     store = open_store(path, allow_incomplete=True)
     s = store.schema
     t = s.totals
+    n = max(s.num_samples, 1)
     on_disk = dir_bytes(path)
     latent = t.get("latent_bytes", 0)
+    payload = t.get("entropy_payload_bytes")  # absent in stores written before 0.2
+    codec_bytes = os.path.getsize(os.path.join(path, CODEC_FILE)) if os.path.exists(os.path.join(path, CODEC_FILE)) else 0
+    px = t.get("stored_pixels", 0)
     out = {
         "path": path, "format": s.kind, "schema_version": s.schema_version, "complete": s.complete,
         "codec": {k: s.codec[k] for k in ("id", "weights_hash", "C", "L")},
         "mode": s.policy["mode"], "size": s.policy.get("size"),
         "num_samples": s.num_samples, "num_rejected": s.num_rejected, "num_classes": len(s.label_names),
-        "bytes_on_disk": on_disk, "latent_bytes": latent, "source_bytes": t.get("source_bytes", 0),
-        "bpp_stored": latent * 8 / t["stored_pixels"] if t.get("stored_pixels") else None,
+        "bytes_on_disk": on_disk, "source_bytes": t.get("source_bytes", 0),
+        "bytes": {"latent_files": latent, "payload": payload, "index": t.get("index_bytes"),
+                  "container": latent - payload - t.get("index_bytes", 0) if payload is not None else None,
+                  "codec": codec_bytes, "metadata": on_disk - latent - codec_bytes},
+        "latent_bytes": latent,
+        "bpp_payload": payload * 8 / px if payload is not None and px else None,
+        "bpp_stored": latent * 8 / px if px else None,  # payload + containers + index, per stored pixel
         "bpp_source": latent * 8 / t["source_pixels"] if t.get("source_pixels") else None,
-        "bpp_entropy_estimate": t.get("entropy_bits", 0) / t["stored_pixels"] if t.get("stored_pixels") else None,
+        "bpp_entropy_estimate": t.get("entropy_bits", 0) / px if px else None,
         "ratio_to_source": t.get("source_bytes", 0) / on_disk if on_disk else None,
         "ratio_latents_to_source": t.get("source_bytes", 0) / latent if latent else None,
-        "other_bytes": on_disk - latent,  # embedded codec, metadata, labels, source paths, tar headers
-        "codec_file_bytes": os.path.getsize(os.path.join(path, CODEC_FILE)) if os.path.exists(os.path.join(path, CODEC_FILE)) else 0,
+        "codec_share": codec_bytes / on_disk if on_disk else None,
+        "codec_file_bytes": codec_bytes,
     }
-    if out["bpp_stored"]:
-        out["imagenet_projection"] = imagenet_projection(out["bpp_stored"])
+    if px:
+        bpp = out["bpp_payload"] if out["bpp_payload"] is not None else out["bpp_stored"]
+        overhead = (latent - payload) / n if payload is not None else 0.0
+        out["imagenet_projection"] = imagenet_projection(bpp, overhead)
     return out
 
 
-def imagenet_projection(bpp_stored: float) -> dict:
-    """ImageNet-1k train at this store's measured bits per stored pixel."""
-    gb = lambda px: IMAGENET_TRAIN_IMAGES * px * bpp_stored / 8 / 1e9  # noqa: E731
-    return {"images": IMAGENET_TRAIN_IMAGES, "bpp": bpp_stored,
+def imagenet_projection(bpp_payload: float, overhead_per_sample: float = 0.0) -> dict:
+    """ImageNet-1k train: payload at this store's bits per pixel, plus its measured per-sample container."""
+    gb = lambda px: IMAGENET_TRAIN_IMAGES * (px * bpp_payload / 8 + overhead_per_sample) / 1e9  # noqa: E731
+    return {"images": IMAGENET_TRAIN_IMAGES, "bpp": bpp_payload, "overhead_bytes_per_sample": overhead_per_sample,
             "gb_at_256x256": gb(256 * 256),
             "gb_at_paper_resolution": gb(PAPER_PIXELS_PER_IMAGE), "paper_pixels_per_image": PAPER_PIXELS_PER_IMAGE,
             "paper_gb": PAPER_GB_AT_0635, "paper_jpeg_gb": PAPER_JPEG_GB}
 
 
 def format_info(d: dict) -> str:
+    b = d["bytes"]
     lines = [f"store          {d['path']}  ({d['format']}, schema v{d['schema_version']}"
              f"{'' if d['complete'] else ', INCOMPLETE'})",
              f"codec          {d['codec']['id']}  C={d['codec']['C']} L={d['codec']['L']}  weights {d['codec']['weights_hash']}",
              f"mode           {d['mode']}" + (f" {d['size']}x{d['size']}" if d['size'] else ""),
-             f"samples        {d['num_samples']:,} stored, {d['num_rejected']:,} rejected, {d['num_classes']} classes",
-             f"bytes on disk  {d['bytes_on_disk']:,} (latents {d['latent_bytes']:,}); sources {d['source_bytes']:,}"]
+             f"samples        {d['num_samples']:,} stored, {d['num_rejected']:,} rejected, {d['num_classes']} classes"]
+    if b["payload"] is not None:
+        lines.append(f"bytes on disk  {d['bytes_on_disk']:,} = latent payload {b['payload']:,} + per-sample containers "
+                     f"{b['container']:,}" + (f" + shard index {b['index']:,}" if b["index"] else "")
+                     + f" + embedded codec {b['codec']:,} + metadata {b['metadata']:,}; sources {d['source_bytes']:,}")
+    else:
+        lines.append(f"bytes on disk  {d['bytes_on_disk']:,} (latent files {b['latent_files']:,}, embedded codec "
+                     f"{b['codec']:,}); sources {d['source_bytes']:,}")
     if d["bpp_stored"]:
-        lines += [f"bpp            {d['bpp_stored']:.4f} actual per stored pixel, {d['bpp_entropy_estimate']:.4f} entropy "
-                  f"estimate; {d['bpp_source']:.4f} per source pixel",
-                  f"ratio          sources / latents = {d['ratio_latents_to_source']:.1f}x; sources / whole store = "
-                  f"{d['ratio_to_source']:.2f}x (besides latents: {d['other_bytes']:,} bytes, of which the embedded "
-                  f"codec is {d['codec_file_bytes']:,}; the rest is metadata, labels, source paths"
-                  f"{', tar headers' if d['format'] == 'wds' else ''})"]
+        pay = f"{d['bpp_payload']:.4f} payload, " if d["bpp_payload"] is not None else ""
+        lines += [f"bpp            {pay}{d['bpp_stored']:.4f} with containers, per stored pixel; {d['bpp_entropy_estimate']:.4f} "
+                  f"entropy estimate; {d['bpp_source']:.4f} per source pixel",
+                  f"ratio          sources / latent files = {d['ratio_latents_to_source']:.1f}x; sources / whole store = "
+                  f"{d['ratio_to_source']:.2f}x"]
+        if d["codec_share"] and d["codec_share"] > 0.5:
+            lines.append(f"note           the embedded codec is {100 * d['codec_share']:.0f}% of this store: it is paid once "
+                         "per store (so the store decodes to pixels on its own), and vanishes at dataset scale")
         p = d["imagenet_projection"]
-        lines += [f"ImageNet-1k    {p['gb_at_256x256']:.1f} GB at 256x256; {p['gb_at_paper_resolution']:.1f} GB at the paper's "
-                  f"~{p['paper_pixels_per_image'] / 1e3:.0f}k px/image (paper: {p['paper_gb']} GB at 0.635 bpp; "
-                  f"JPEG: {p['paper_jpeg_gb']:.0f} GB)"]
+        lines += [f"ImageNet-1k    {p['gb_at_256x256']:.2f} GB at 256x256; {p['gb_at_paper_resolution']:.2f} GB at the paper's "
+                  f"~{p['paper_pixels_per_image'] / 1e3:.0f}k px/image (payload + {p['overhead_bytes_per_sample']:.0f} B/sample "
+                  f"of container; paper: {p['paper_gb']} GB at 0.635 bpp; JPEG: {p['paper_jpeg_gb']:.0f} GB)"]
     return "\n".join(lines)

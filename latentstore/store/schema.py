@@ -3,19 +3,26 @@
 Zarr stores keep it in the root group's attributes under "latentstore"; WebDataset stores in
 `schema.json` beside the shards. The codec's weights travel in `codec.safetensors`, so a store
 decodes to pixels from the store alone.
+
+Version 2 (this writer) adds `schema_sha256`, a checksum of the schema itself, and checksums of
+every file a reader trusts (codec weights and array metadata included). Version 1 stores are
+still read; `verify` says what their older schema does not cover.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from ..errors import StoreError
+from ..errors import StoreError, UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 KINDS = ("zarr", "wds")
 CODEC_FILE = "codec.safetensors"
 PARTS_DIR = "_parts"
+SCHEMA_FILE = "schema.json"  # WebDataset stores; Zarr stores keep the schema in zarr.json's attributes
 
 
 @dataclass
@@ -35,47 +42,66 @@ class StoreSchema:
     rejects: list = field(default_factory=list)  # [{"path", "reason"}]
     notes: list = field(default_factory=list)  # findings that are not inputs, e.g. an empty class folder
     totals: dict = field(default_factory=dict)  # source_bytes, source_pixels, stored_pixels, latent_bytes, entropy_bits
-    checksums: dict = field(default_factory=dict)  # relative file path -> sha256, for every committed file
+    checksums: dict = field(default_factory=dict)  # relative file path -> sha256, for every file a reader trusts
     format: str = "latentstore"
     schema_version: int = SCHEMA_VERSION
     created: str = ""  # ISO date of creation
     latentstore_version: str = ""  # the writer's package version
+    schema_sha256: str = ""  # sha256 of this schema's canonical JSON without this field (v2)
 
     @property
     def num_shards(self) -> int:
         return (self.num_slots + self.shard_size - 1) // self.shard_size
 
+    def content_sha256(self) -> str:
+        d = asdict(self)
+        d.pop("schema_sha256")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
     def to_dict(self) -> dict:
+        """The dict written to disk, sealed with its own checksum."""
+        self.schema_sha256 = self.content_sha256()
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "store") -> "StoreSchema":
-        if d.get("format") != "latentstore":
+        from .validate import validate_schema
+        if not isinstance(d, dict) or d.get("format") != "latentstore":
             raise StoreError(f"{where}: not a latentstore store (no latentstore schema)")
         v = d.get("schema_version")
-        if v != SCHEMA_VERSION:
-            raise StoreError(f"{where}: schema version {v} is not supported by this reader (it knows {SCHEMA_VERSION}); "
-                             "upgrade latentstore")
+        if v not in READABLE_VERSIONS:
+            raise StoreError(f"{where}: schema version {v} is not supported by this reader (it knows "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade latentstore")
         if d.get("kind") not in KINDS:
             raise StoreError(f"{where}: unknown store kind {d.get('kind')!r} (known: {', '.join(KINDS)})")
         missing = [k for k in ("codec", "policy", "shard_size", "num_slots", "label_names") if k not in d]
         if missing:
             raise StoreError(f"{where}: schema is missing {', '.join(missing)}")
+        if not isinstance(d["codec"], dict):
+            raise StoreError(f"{where}: schema's codec entry is not a mapping")
         cmissing = [k for k in ("id", "weights_hash", "C", "L", "centres", "freqs") if k not in d["codec"]]
         if cmissing:
             raise StoreError(f"{where}: schema's codec entry is missing {', '.join(cmissing)}")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        try:
+            schema = cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as e:
+            raise StoreError(f"{where}: malformed schema ({e})") from None
+        if v >= 2 and schema.schema_sha256 != schema.content_sha256():
+            raise StoreError(f"{where}: the schema's checksum does not match its content (the schema was changed "
+                             "or damaged after it was written)")
+        validate_schema(schema, where)
+        return schema
 
 
 def detect_kind(path: str) -> str:
     if os.path.exists(os.path.join(path, "zarr.json")):
         return "zarr"
-    if os.path.exists(os.path.join(path, "schema.json")):
+    if os.path.exists(os.path.join(path, SCHEMA_FILE)):
         return "wds"
     if not os.path.exists(path):
-        raise StoreError(f"{path}: no such store")
-    raise StoreError(f"{path}: not a latentstore store (neither zarr.json nor schema.json)")
+        raise UsageError(f"{path}: no such store")
+    raise StoreError(f"{path}: not a latentstore store (neither zarr.json nor {SCHEMA_FILE})")
 
 
 def read_schema(path: str) -> StoreSchema:
@@ -85,8 +111,8 @@ def read_schema(path: str) -> StoreSchema:
             with open(os.path.join(path, "zarr.json")) as f:
                 d = json.load(f).get("attributes", {}).get("latentstore", {})
         else:
-            with open(os.path.join(path, "schema.json")) as f:
+            with open(os.path.join(path, SCHEMA_FILE)) as f:
                 d = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise StoreError(f"{path}: unreadable schema ({e})") from None
+    except (OSError, ValueError, AttributeError) as e:
+        raise StoreError(f"{path}: unreadable schema ({str(e).splitlines()[0]})") from None
     return StoreSchema.from_dict(d, path)

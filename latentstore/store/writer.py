@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import __version__
-from ..atomic import write_json_atomic
+from ..atomic import remove_stale_temps, write_json_atomic
 from ..errors import StoreError, UsageError
 from .backends import backend_for
+from .lock import LOCK_DIR, WriterLock
 from .schema import CODEC_FILE, PARTS_DIR, StoreSchema, read_schema
 
 INIT_MARKER = "INIT.json"  # in _parts/: written last by the rank that creates the store
@@ -71,55 +72,71 @@ def cross_entropy_bits(counts: np.ndarray, freqs: np.ndarray) -> float:
 class StoreWriter:
     """Create or resume a store at `root`; write shards; finalize."""
 
-    def __init__(self, root: str, schema: StoreSchema):
+    def __init__(self, root: str, schema: StoreSchema, lock: WriterLock | None = None):
         self.root = root
         self.schema = schema
         self.freqs = np.asarray(schema.codec["freqs"], dtype=np.int64)
         self.backend = backend_for(root, schema)
+        self.lock = lock
 
     # ----------------------------------------------------------------------------- opening
     @classmethod
     def open(cls, root: str, schema: StoreSchema, codec_file: str, resume: bool, rank: int = 0,
              world: int = 1, wait_s: float = 600.0) -> "StoreWriter":
-        """Rank 0 creates the store (or checks it on resume); other ranks wait for it to exist."""
+        """Take this rank's writer lock; rank 0 creates the store (or checks it on resume), other ranks wait
+        for it. Call `close()` when done (it releases the lock)."""
         marker = os.path.join(root, PARTS_DIR, INIT_MARKER)
-        if rank == 0 and os.path.exists(root) and not resume:
+        if rank == 0 and _has_content(root) and not resume:
             raise UsageError(f"{root} exists; pass --resume to continue it, or choose a new destination")
-        if rank == 0 and not os.path.exists(marker):
-            if os.path.exists(root) and os.listdir(root):
-                if not _half_created_by_us(root):
-                    raise UsageError(f"{root} exists and is not a latentstore store; refusing to write into it")
-                shutil.rmtree(root)  # killed while being created: nothing can be committed before INIT
-            cls._create(root, schema, codec_file)
-        t0 = time.time()
-        while not os.path.exists(marker):
-            if time.time() - t0 > wait_s:
-                raise StoreError(f"{root}: rank 0 has not created the store after {wait_s:.0f} s")
-            time.sleep(0.2)
-        with open(marker) as f:
-            existing = StoreSchema.from_dict(json.load(f), root)
-        for k in ("kind", "policy", "shard_size", "num_slots", "inputs_sha256", "label_names", "has_masks"):
-            if getattr(existing, k) != getattr(schema, k):
-                raise UsageError(f"cannot resume {root}: its {k} differs from this run's (different inputs or options)")
-        if existing.codec["weights_hash"] != schema.codec["weights_hash"]:
-            raise UsageError(f"cannot resume {root}: it was written by codec {existing.codec['id']} "
-                             f"({existing.codec['weights_hash']}), not {schema.codec['id']} ({schema.codec['weights_hash']})")
-        return cls(root, existing)
+        if rank == 0 and _has_content(root) and not _half_created_by_us(root):  # other ranks only wait for rank 0
+            raise UsageError(f"{root} exists and is not a latentstore store; refusing to write into it")
+        lock = WriterLock.for_rank(root, rank, world).acquire()
+        try:
+            if rank == 0 and not resume and os.path.exists(marker):  # another run created it meanwhile
+                raise UsageError(f"{root} exists; pass --resume to continue it, or choose a new destination")
+            remove_stale_temps(root)  # what a killed writer left behind
+            if rank == 0 and not os.path.exists(marker):
+                _clear_except_locks(root)  # killed while being created: nothing can be committed before INIT
+                cls._create(root, schema, codec_file)
+            t0 = time.time()
+            while not os.path.exists(marker):
+                if time.time() - t0 > wait_s:
+                    raise StoreError(f"{root}: rank 0 has not created the store after {wait_s:.0f} s")
+                time.sleep(0.2)
+            existing = read_record(marker, root)
+            for k in ("kind", "policy", "shard_size", "num_slots", "inputs_sha256", "label_names", "has_masks"):
+                if getattr(existing, k) != getattr(schema, k):
+                    raise UsageError(f"cannot resume {root}: its {k} differs from this run's (different inputs or options)")
+            if existing.codec["weights_hash"] != schema.codec["weights_hash"]:
+                raise UsageError(f"cannot resume {root}: it was written by codec {existing.codec['id']} "
+                                 f"({existing.codec['weights_hash']}), not {schema.codec['id']} "
+                                 f"({schema.codec['weights_hash']})")
+        except BaseException:
+            lock.release()
+            raise
+        return cls(root, existing, lock)
 
     @classmethod
     def _create(cls, root: str, schema: StoreSchema, codec_file: str) -> None:
         schema.created = schema.created or time.strftime("%Y-%m-%d")
         schema.latentstore_version = __version__
         backend = backend_for(root, schema)
-        backend.create()  # first: zarr's mode="w" clears the directory
+        backend.create()
         os.makedirs(os.path.join(root, PARTS_DIR), exist_ok=True)
         shutil.copyfile(codec_file, os.path.join(root, CODEC_FILE))
+        # the files a reader trusts that no shard rewrites: checksummed once, here
+        schema.checksums = {rel: sha256_file(os.path.join(root, rel)) for rel in [CODEC_FILE] + backend.metadata_files()}
         backend.write_schema(schema)
         write_json_atomic(schema.to_dict(), os.path.join(root, PARTS_DIR, INIT_MARKER))
 
+    def close(self) -> None:
+        """Release the writer lock (idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
+
     def record_notes(self, notes: list[dict]) -> None:
         """Findings that are not inputs (an empty class folder): kept in the schema once finalized."""
-        write_json_atomic(notes, os.path.join(self.root, PARTS_DIR, NOTES_FILE))
+        write_json_atomic(seal({"notes": notes}), os.path.join(self.root, PARTS_DIR, NOTES_FILE))
 
     # ----------------------------------------------------------------------------- shards
     def part_path(self, k: int) -> str:
@@ -143,6 +160,7 @@ class StoreWriter:
         latent_bytes = sum(os.path.getsize(f) for f in files if self.backend.is_payload(os.path.relpath(f, self.root)))
         if counts is None:
             counts = symbol_counts(samples, *self.freqs.shape)
+        payload, index = self.backend.payload_accounting(k, samples)
         part = {
             "shard": k, "samples": len(samples), "rejects": rejects, "checksums": checksums,
             "totals": {
@@ -150,17 +168,74 @@ class StoreWriter:
                 "source_pixels": int(sum(s.size[0] * s.size[1] for s in samples)),
                 "stored_pixels": int(sum(s.stored_size[0] * s.stored_size[1] for s in samples)),
                 "latent_bytes": int(latent_bytes),
-                "payload_bytes": int(sum(len(s.bitstream) for s in samples)),
+                "entropy_payload_bytes": int(payload),  # entropy-coded symbols only
+                "index_bytes": int(index),  # shard index (Zarr); the rest of latent_bytes is per-sample container
                 "entropy_bits": cross_entropy_bits(counts, self.freqs) if samples else 0.0,
             },
         }
-        write_json_atomic(part, self.part_path(k))
+        write_json_atomic(seal(part), self.part_path(k))
+        if self.lock is not None:
+            self.lock.heartbeat()
         return part
 
     # ----------------------------------------------------------------------------- finalize
     def finalize(self) -> StoreSchema:
         """Check every shard is committed, then write the complete schema (the store's commit)."""
         return finalize_store(self.root)
+
+
+def _has_content(root: str) -> bool:
+    """Anything in `root` besides the lock folder (which other ranks may create first)."""
+    return os.path.isdir(root) and any(e != LOCK_DIR for e in os.listdir(root)) or os.path.isfile(root)
+
+
+def _clear_except_locks(root: str) -> None:
+    if not os.path.isdir(root):
+        return
+    for e in os.listdir(root):
+        if e != LOCK_DIR:
+            p = os.path.join(root, e)
+            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+
+
+def seal(record: dict) -> dict:
+    """A commit record with its own sha256, so `merge` can refuse a damaged one."""
+    body = {k: v for k, v in record.items() if k != "sha256"}
+    return {**body, "sha256": hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()}
+
+
+def check_seal(record: dict, where: str) -> dict:
+    if not isinstance(record, dict) or record.get("sha256") != seal(record)["sha256"]:
+        raise StoreError(f"{where}: commit record fails its checksum (damaged); delete it and run "
+                         "`latentstore convert --resume` to rewrite that shard")
+    return record
+
+
+def read_record(path: str, root: str) -> StoreSchema:
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
+    return StoreSchema.from_dict(d, f"{root} ({os.path.basename(path)})")
+
+
+def read_parts(root: str) -> dict[int, dict]:
+    """shard -> its commit record, each checked against its own checksum."""
+    parts = {}
+    d = os.path.join(root, PARTS_DIR)
+    for f in sorted(os.listdir(d)):
+        if f.startswith("shard-") and f.endswith(".json"):
+            where = f"{PARTS_DIR}/{f}"
+            try:
+                with open(os.path.join(d, f)) as fh:
+                    p = check_seal(json.load(fh), where)
+            except (OSError, ValueError) as e:
+                raise StoreError(f"{where}: unreadable commit record ({str(e).splitlines()[0]})") from None
+            if not f[6:-5].isdigit() or p.get("shard") != int(f[6:-5]):
+                raise StoreError(f"{where}: commit record names shard {p.get('shard')!r}")
+            parts[p["shard"]] = p
+    return parts
 
 
 def _half_created_by_us(root: str) -> bool:
@@ -177,15 +252,9 @@ def finalize_store(root: str) -> StoreSchema:
     marker = os.path.join(root, PARTS_DIR, INIT_MARKER)
     if not os.path.exists(marker):
         raise StoreError(f"{root}: not a latentstore store being written (no {PARTS_DIR}/{INIT_MARKER})")
-    with open(marker) as f:
-        schema = StoreSchema.from_dict(json.load(f), root)
-    parts = {}
+    schema = read_record(marker, root)
     d = os.path.join(root, PARTS_DIR)
-    for f in sorted(os.listdir(d)):
-        if f.startswith("shard-") and f.endswith(".json"):
-            with open(os.path.join(d, f)) as fh:
-                p = json.load(fh)
-            parts[p["shard"]] = p
+    parts = read_parts(root)
     missing = [k for k in range(schema.num_shards) if k not in parts]
     if missing:
         raise StoreError(f"{root}: {len(missing)} of {schema.num_shards} shards are not written yet "
@@ -200,9 +269,10 @@ def finalize_store(root: str) -> StoreSchema:
     notes = os.path.join(d, NOTES_FILE)
     if os.path.exists(notes):
         with open(notes) as fh:
-            schema.notes = json.load(fh)
+            schema.notes = check_seal(json.load(fh), f"{PARTS_DIR}/{NOTES_FILE}")["notes"]
     schema.totals = totals
-    schema.checksums = {name: h for k in sorted(parts) for name, h in parts[k]["checksums"].items()}
+    schema.checksums = {**schema.checksums,  # the codec and metadata files, from creation
+                        **{name: h for k in sorted(parts) for name, h in parts[k]["checksums"].items()}}
     schema.complete = True
     backend_for(root, schema).write_schema(schema)
     return read_schema(root)

@@ -52,9 +52,18 @@ class Backend:
     def write_schema(self, schema: StoreSchema) -> None:
         raise NotImplementedError
 
+    def metadata_files(self) -> list[str]:
+        """Files written once at creation that a reader trusts (array metadata), relative to the root."""
+        return []
+
     def write_shard(self, k: int, slots: range, samples: list) -> list[str]:
         """Write shard k's samples (sorted by slot); returns the files written, for checksums."""
         raise NotImplementedError
+
+    def payload_accounting(self, k: int, samples: list) -> tuple[int, int]:
+        """(entropy-coded payload bytes, index bytes) of shard k just written; the rest of its latent
+        files is per-sample container (headers, checksums, tar padding)."""
+        return sum(bs.payload_size(s.bitstream) for s in samples), 0
 
     def is_payload(self, rel: str) -> bool:
         """Does this store file (relative path) hold latent payload (vs labels, metadata)?"""

@@ -13,16 +13,21 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 
 import numpy as np
 
 from ...atomic import write_bytes_atomic, write_json_atomic
+from ...errors import StoreError
 from ..schema import StoreSchema, read_schema
 from .base import Backend, decode_bitstream
 
 LATENT, CLS, META, MASK = "latent", "cls", "json", "mask.npy"
 SCHEMA_FILE = "schema.json"
+# the most a reader will read of one member: a crafted tar header cannot make it allocate more
+MEMBER_LIMITS = {LATENT: 64 << 20, CLS: 64, META: 1 << 20, MASK: 256 << 20}
+_TAR = re.compile(r"^(?P<name>.+)-(?P<k>\d{6})\.tar$")
 
 
 def sample_key(slot: int) -> str:
@@ -80,23 +85,46 @@ class WebDatasetBackend(Backend):
         return rel.endswith(".tar")
 
     # ---- reading
+    def shard_files(self) -> list[tuple[int, str]]:
+        """(k, path) of the shard tars present, found on disk (a schema field never bounds this loop)."""
+        out = []
+        for f in sorted(os.listdir(self.root)):
+            m = _TAR.match(f)
+            if m and m.group("name") == self.schema.name and int(m.group("k")) < self.schema.num_shards:
+                out.append((int(m.group("k")), os.path.join(self.root, f)))
+        return out
+
+    def members(self, tar: str):
+        """(slot, ext, offset, size) of each member, checked against the file's size and MEMBER_LIMITS."""
+        size = os.path.getsize(tar)
+        with tarfile.open(tar, "r") as tf:
+            for m in tf:
+                key, _, ext = m.name.partition(".")
+                if ext not in MEMBER_LIMITS or not key[1:].isdigit() or key[0] != "s":
+                    raise StoreError(f"{os.path.basename(tar)}: unexpected member {m.name!r}")
+                if m.size > MEMBER_LIMITS[ext] or m.offset_data + m.size > size:
+                    raise StoreError(f"{os.path.basename(tar)}: member {m.name} claims {m.size:,} bytes "
+                                     f"({'past the end of the file' if m.offset_data + m.size > size else 'over the limit'})")
+                yield int(key[1:]), ext, m.offset_data, m.size
+
     @property
     def index(self) -> dict:
-        """slot -> {"tar", LATENT: (offset, size), MASK: (offset, size) | None, "label"}."""
+        """slot -> {"tar", LATENT: (offset, size), META: (offset, size), MASK: (offset, size) | None, "label"}."""
         if self._index is None:
             idx: dict = {}
-            for k in range(self.schema.num_shards):
-                tar = self.tar_path(k)
-                if not os.path.exists(tar):
-                    continue  # a shard whose inputs were all rejected
-                with tarfile.open(tar, "r") as tf:
-                    for m in tf:
-                        key, _, ext = m.name.partition(".")
-                        e = idx.setdefault(int(key[1:]), {"tar": tar, MASK: None})
-                        if ext in (LATENT, MASK, META):
-                            e[ext] = (m.offset_data, m.size)
-                        elif ext == CLS:
-                            e["label"] = int(tf.extractfile(m).read())
+            for _, tar in self.shard_files():
+                try:
+                    for slot, ext, off, size in self.members(tar):
+                        e = idx.setdefault(slot, {"tar": tar, MASK: None})
+                        if ext == CLS:
+                            e["label"] = _int_label(pread(tar, off, size), tar, slot)
+                        else:
+                            e[ext] = (off, size)
+                except (tarfile.TarError, OSError) as e:
+                    raise StoreError(f"{os.path.basename(tar)}: unreadable tar ({e}); run latentstore verify") from None
+            bad = [s for s, e in idx.items() if LATENT not in e or "label" not in e]
+            if bad:
+                raise StoreError(f"{self.where(bad[0])}: incomplete sample (members missing)")
             self._index = idx
         return self._index
 
@@ -124,16 +152,12 @@ class WebDatasetBackend(Backend):
     # ---- verification
     def check(self) -> list[str]:
         errs = []
-        for k in range(self.schema.num_shards):
-            tar = self.tar_path(k)
-            if not os.path.exists(tar):
-                continue  # all-rejected shard, or reported missing by the checksum pass
+        for _, tar in self.shard_files():
             try:
-                size = os.path.getsize(tar)
-                with tarfile.open(tar, "r") as tf:
-                    for m in tf:
-                        if m.offset_data + m.size > size:
-                            raise tarfile.ReadError(f"member {m.name} runs past the end of the file")
+                for _ in self.members(tar):
+                    pass
+            except StoreError as e:
+                errs.append(str(e))
             except (tarfile.TarError, OSError) as e:
                 errs.append(f"{os.path.basename(tar)}: unreadable tar ({e})")
         return errs
@@ -147,24 +171,31 @@ class WebDatasetBackend(Backend):
     def decode_readable(self, errors: list[str]) -> int:
         """When a tar is damaged, name the samples in it that no longer decode; returns how many do."""
         n = 0
-        for k in range(self.schema.num_shards):
-            tar = self.tar_path(k)
-            if not os.path.exists(tar):
-                continue
+        for _, tar in self.shard_files():
+            size = os.path.getsize(tar)
             try:
                 with tarfile.open(tar, "r") as tf:
                     for m in tf:
                         if not m.name.endswith(f".{LATENT}"):
                             continue
                         where = f"{os.path.basename(tar)} sample {m.name.split('.')[0]}"
+                        if m.size > MEMBER_LIMITS[LATENT] or m.offset_data + m.size > size:
+                            continue  # already reported by check()
                         try:
-                            decode_bitstream(self.schema, tf.extractfile(m).read(), where)
+                            decode_bitstream(self.schema, pread(tar, m.offset_data, m.size), where)
                             n += 1
                         except Exception as e:  # any failure to decode is a finding, with the sample named
                             errors.append(f"{where}: does not decode ({str(e).splitlines()[0][:160]})")
             except (tarfile.TarError, OSError):
                 pass
         return n
+
+
+def _int_label(raw: bytes, tar: str, slot: int) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise StoreError(f"{os.path.basename(tar)} sample {sample_key(slot)}: label {raw[:20]!r} is not an integer") from None
 
 
 def webdataset_decoder(store_path: str, output: str = "symbols"):

@@ -15,6 +15,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from ...atomic import write_json_atomic
+from ...errors import StoreError
 from ..schema import StoreSchema
 from .base import Backend
 
@@ -36,9 +37,19 @@ def write_root_attrs(root: str, schema: StoreSchema) -> None:
     write_json_atomic(meta, path)
 
 
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]
+
+
 class ZarrBackend(Backend):
     kind = "zarr"
     payload_arrays: tuple = ()  # arrays holding latent payload (counted as latent bytes)
+
+    @property
+    def rows_per_shard(self) -> int:
+        """Rows per shard file: the commit unit, but never more rows than the store has, so a small
+        store's shard index is sized to what is written (a 10-image store does not pay for 256 slots)."""
+        return max(1, min(self.schema.shard_size, self.schema.num_slots))
 
     def __init__(self, root: str, schema: StoreSchema):
         super().__init__(root, schema)
@@ -52,8 +63,8 @@ class ZarrBackend(Backend):
 
     # ---- writing
     def create(self) -> None:
-        N, S = self.schema.num_slots, self.schema.shard_size
-        g = zarr.open_group(self.root, mode="w", zarr_format=3)  # first: mode="w" clears the directory
+        N, S = self.schema.num_slots, self.rows_per_shard
+        g = zarr.open_group(self.root, mode="a", zarr_format=3)  # the writer has emptied it (but for its lock)
         self.create_payload_arrays(g)
         small_array(g, LABELS, (N,), "int32", S, -1)
         small_array(g, VALID, (N,), "bool", S, False)
@@ -65,6 +76,12 @@ class ZarrBackend(Backend):
 
     def write_schema(self, schema: StoreSchema) -> None:
         write_root_attrs(self.root, schema)
+
+    def array_names(self) -> tuple:
+        return self.payload_arrays + self.extra_arrays() + (LABELS, VALID, SIZES, SOURCES)
+
+    def metadata_files(self) -> list[str]:
+        return [f"{a}/zarr.json" for a in self.array_names()]
 
     def chunk_file(self, arr, k: int) -> str:
         return os.path.join(arr.store.root, arr.path, arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1)))
@@ -100,11 +117,37 @@ class ZarrBackend(Backend):
         return rel.split(os.sep)[0] in self.payload_arrays
 
     # ---- reading
+    def _read_whole(self, name: str) -> np.ndarray:
+        try:
+            a = self.group[name]
+            if a.shape[0] != self.schema.num_slots:
+                raise ValueError(f"{a.shape[0]} rows, the schema says {self.schema.num_slots} slots")
+            return a[:]
+        except Exception as e:  # zarr raises many types for missing or damaged metadata and chunks
+            raise StoreError(f"{self.root}: array {name}/ is unreadable ({_first_line(e)}); run latentstore verify") from None
+
     def slots(self) -> np.ndarray:
-        return np.flatnonzero(self.group[VALID][:])
+        return np.flatnonzero(self._read_whole(VALID))
 
     def labels(self, slots: np.ndarray) -> np.ndarray:
-        return self.group[LABELS][:][slots]
+        return self._read_whole(LABELS)[slots]
+
+    def check(self) -> list[str]:
+        """Every array opens, has one row per slot, and the payload array has the schema's geometry."""
+        errs = []
+        for name in self.array_names():
+            try:
+                a = self.group[name]
+                if a.shape[0] != self.schema.num_slots:
+                    errs.append(f"{name}/: {a.shape[0]} rows, the schema says {self.schema.num_slots} slots")
+                else:
+                    errs += [f"{name}/: {m}" for m in self.check_array(name, a)]
+            except Exception as e:
+                errs.append(f"{name}/: array metadata is missing or unreadable ({_first_line(e)})")
+        return errs
+
+    def check_array(self, name: str, a) -> list[str]:
+        return []
 
     def meta(self, slot: int) -> dict:
         return {"size": self.group[SIZES][slot].tolist(), "source": str(self.group[SOURCES][slot]), "slot": slot}

@@ -15,7 +15,8 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from ..zarr_codec import LatentANSCodec
 from .zarr_common import ZarrBackend
 
-LATENTS, MASKS = "latents", "masks"
+LATENTS, MASKS, CENTRES = "latents", "masks", "centres"
+INNER_CHUNK_OVERHEAD = 8  # per image: the ANS chunk's u32 word count + the inner crc32c
 
 
 class ZarrFixedBackend(ZarrBackend):
@@ -23,12 +24,15 @@ class ZarrFixedBackend(ZarrBackend):
     payload_arrays = (LATENTS,)
 
     def create_payload_arrays(self, g) -> None:
-        N, S = self.schema.num_slots, self.schema.shard_size
+        N, S = self.schema.num_slots, self.rows_per_shard
         C, side = self.schema.codec["C"], self.schema.policy["size"]
         h = side // 8
         g.create_array(LATENTS, shape=(N, C, h, h), dtype="uint8", shards=(S, C, h, h), chunks=(1, C, h, h),
                        serializer=LatentANSCodec(freqs=self.schema.codec["freqs"]), compressors=[Crc32cCodec()],
                        fill_value=0)
+        # symbol j means centres[j]: plain zarr users write `g["centres"][:][g["latents"][i]]`
+        cen = g.create_array(CENTRES, shape=(self.schema.codec["L"],), dtype="float32", chunks=(self.schema.codec["L"],))
+        cen[:] = np.asarray(self.schema.codec["centres"], dtype=np.float32)
         if self.schema.has_masks:
             g.create_array(MASKS, shape=(N, side, side), dtype="uint8", shards=(S, side, side),
                            chunks=(1, side, side), compressors=[BloscCodec(cname="zstd", clevel=5)], fill_value=255)
@@ -36,6 +40,15 @@ class ZarrFixedBackend(ZarrBackend):
     def extra_arrays(self) -> tuple:
         return (MASKS,) if self.schema.has_masks else ()
 
+    def metadata_files(self) -> list[str]:
+        return super().metadata_files() + [f"{CENTRES}/zarr.json", f"{CENTRES}/c/0"]
+
+    def payload_accounting(self, k: int, samples: list) -> tuple[int, int]:
+        index = self.shard_reader.shard_index(k) if self.shard_reader is not None else None
+        if index is None:
+            return 0, 0
+        used = index[:, 0] != np.iinfo(np.uint64).max
+        return int(index[used, 1].sum()) - INNER_CHUNK_OVERHEAD * int(used.sum()), index.nbytes + 4
     def write_payload(self, g, lo, n, rows, samples) -> None:
         lat = g[LATENTS]
         block = np.zeros((n,) + lat.shape[1:], np.uint8)
@@ -48,6 +61,11 @@ class ZarrFixedBackend(ZarrBackend):
                 if s.mask is not None:
                     m[r] = s.mask
             g[MASKS][lo: lo + n] = m
+
+    def check_array(self, name: str, a) -> list[str]:
+        side = self.schema.policy["size"]
+        want = {LATENTS: (self.schema.codec["C"], side // 8, side // 8), MASKS: (side, side)}.get(name)
+        return [f"shape {a.shape[1:]}, the schema implies {want}"] if want and tuple(a.shape[1:]) != want else []
 
     # ---- reading
     @cached_property

@@ -22,10 +22,13 @@ class ZarrNativeBackend(ZarrBackend):
     payload_arrays = (BITSTREAMS,)
 
     def create_payload_arrays(self, g) -> None:
-        N, S = self.schema.num_slots, self.schema.shard_size
+        N, S = self.schema.num_slots, self.rows_per_shard
         with warnings.catch_warnings():  # zarr-python's vlen-bytes has no v3 spec yet; zarr-python reads it
             warnings.simplefilter("ignore")
-            g.create_array(BITSTREAMS, shape=(N,), dtype=zarr.dtype.VariableLengthBytes(), chunks=(S,))
+            # no compressor: the bitstreams are entropy-coded already; zstd behind the user's back would make
+            # `info` report a rate the bitstream does not have
+            g.create_array(BITSTREAMS, shape=(N,), dtype=zarr.dtype.VariableLengthBytes(), chunks=(S,),
+                           compressors=None)
         small_array(g, SHAPES, (N, 5), "int32", S, 0)
 
     def extra_arrays(self) -> tuple:

@@ -70,6 +70,14 @@ class ShardReader:
             self._sizes[k] = size
         return self._fds.get(k), self._index[k]
 
+    def shard_index(self, k: int) -> np.ndarray | None:
+        """(rows, 2) uint64 (offset, nbytes) of shard k's inner chunks, read fresh from the file."""
+        self._index.pop(k, None)
+        fd = self._fds.pop(k, None)
+        if fd is not None:
+            os.close(fd)
+        return self._fd_index(k)[1]
+
     def read(self, slot: int) -> np.ndarray:
         """(C, h, w) uint8 symbols of the image at `slot`."""
         k, j = divmod(slot, self.S)
