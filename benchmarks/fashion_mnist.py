@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from latentstore.codec.zoo import available_codecs, load_codec  # noqa: E402
-from latentstore_train.data import FASHION_MNIST_CLASSES, fashion_mnist  # noqa: E402
+from latentstore.data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist  # noqa: E402
 
 SIZE = 64
 MODEL_KW = dict(width=16, depth_scale=0.5)  # the scaled family: same shape as the paper's, CPU-sized

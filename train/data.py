@@ -1,16 +1,12 @@
-"""Data helpers for the training jobs: stores decoded to RGB (cached), Fashion-MNIST from Debian's idx files."""
+"""Data helpers for the training jobs: stores decoded to RGB (cached); Fashion-MNIST lives in latentstore.data."""
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 
 import numpy as np
 import torch
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                         "ankle-boot"]
 
 
 def cache_dir() -> str:
@@ -45,20 +41,3 @@ def decoded_store(path: str, batch: int = 256) -> tuple[np.ndarray, np.ndarray, 
     np.savez(tmp, images=out, labels=labels, num_classes=len(s.schema.label_names))
     os.replace(tmp, cache)
     return out, labels, len(s.schema.label_names)
-
-
-def read_idx(path: str) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 28, 28) uint8, labels (N,)) from the Debian package dataset-fashion-mnist."""
-    prefix = "train" if split == "train" else "t10k"
-    imgs = os.path.join(FASHION_MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz")
-    if not os.path.exists(imgs):
-        raise SystemExit(f"{imgs} not found: apt-get install dataset-fashion-mnist")
-    return read_idx(imgs), read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz"))

@@ -75,18 +75,21 @@ class ResNet(nn.Module):
             strides = [1, 2, 2, 2]
         dilations = [1] * len(strides)
         if cfg.output_stride is not None:
-            # drop the last strides until the total stride equals output_stride; dilate instead
-            total = 1 if cfg.compressed else 4
-            for s in strides:
-                total *= s
+            # DeepLab's atrous trick: once the running stride reaches output_stride, every later stride-2
+            # becomes stride 1 and that stage (and all after it) dilates by the stride it gave up, so the
+            # receptive field is unchanged and the pretrained weights still fit. Earlier stages keep
+            # dilation 1. RGB at 8: conv4_x d=2, conv5_x d=4; cResNet at 1: conv4_x d=2, conv5_x d=4.
+            total = 1 if cfg.compressed else 4  # the root block's stride (conv 2 x maxpool 2)
+            if cfg.output_stride < total or cfg.output_stride & (cfg.output_stride - 1):
+                raise ValueError(f"output_stride {cfg.output_stride} is not a power of 2 >= {total}")
             d = 1
-            for i in range(len(strides) - 1, -1, -1):
-                if total <= cfg.output_stride or strides[i] == 1:
-                    dilations[i] = d
-                    continue
-                total //= strides[i]
-                d *= strides[i]
-                strides[i], dilations[i] = 1, d
+            for i, s in enumerate(strides):
+                if total * s > cfg.output_stride:
+                    strides[i], d = 1, d * s
+                else:
+                    total *= s
+                dilations[i] = d
+        self.stage_strides, self.stage_dilations = list(strides), list(dilations)  # as built; read by tests
         stages = []
         for n, mid, s, d in zip(stage_blocks, mids, strides, dilations):
             blocks = []
@@ -103,7 +106,8 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.root(x)  # RGB: (B, w, H/4, W/4); cResNet: identity on (B, C, h, w)
-        return self.stages(x)  # (B, 32w, H/32, W/32) classification strides
+        # (B, 32w, H/32, W/32) at classification strides (cResNet: h/4, w/4); (B, 32w, H/os, W/os) with output_stride
+        return self.stages(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))  # (B, num_classes)
