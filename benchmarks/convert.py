@@ -1,19 +1,22 @@
 """Conversion benchmark: `latentstore convert` against a plain Pillow + torch loop, same codec, same images.
 
-    python benchmarks/convert.py [--images 300] [--codec ls-c32] [--memory 1000,10000]
+    python benchmarks/convert.py [--images 300] [--codec ls-c32] [--memory 1000,10000] [--out benchmarks/results]
 
 1. Throughput (one run, side by side): images/s of the DALI pipeline (overlapped stages, fused
-   symbol kernel, threaded entropy coding, sharded Zarr) vs a straightforward loop: Pillow decode,
-   resize + centre crop, encoder in batches, symbols, entropy coding, one file per image.
-2. Where the time goes: the pipeline's seconds per stage (decode, encode, entropy coding, write).
+   symbol kernel, batched entropy coding, shard files written directly) vs a straightforward loop: Pillow
+   decode, resize + centre crop, encoder in batches, symbols, entropy coding, one file per image.
+2. Where the time goes: the pipeline's seconds per stage (decode, encode, entropy coding, write; fit: the
+   store's v2 table fit, whose decoding and encoding also count in decode and encode).
 3. Memory: peak RSS of a conversion of 1k and of 10k inputs (a list file cycling over the images,
    at 128 px to keep it short): it streams, so the two should be about equal.
-4. On CUDA: the same at 256 px with DALI mixed decoding (--device cuda).
-Results: benchmarks/results/convert.md and convert.csv.
+Results: OUT/convert.md and convert.csv. The GPU measurements (the pipeline against DALI decoding alone,
+the encoder's ceilings, the CLI, training from JPEGs through DALI) are in benchmarks/gpu.py, which uses the
+helpers below.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import os
@@ -57,14 +60,149 @@ def plain_loop(src: str, dst: str, codec_name: str, size: int, batch: int = 32) 
     return time.perf_counter() - t
 
 
-def peak_rss_mb(src_list: str, dst: str, codec: str, size: int) -> dict:
+def peak_rss_mb(src_list: str, dst: str, codec: str, size: int, device: str = "auto") -> dict:
+    """A conversion in a fresh process: its peak RSS, samples and seconds."""
     code = ("import json,resource,time,sys;from latentstore.convert.pipeline import ConvertOptions,convert;"
             f"t=time.time();s=convert({src_list!r},{dst!r},ConvertOptions(codec={codec!r},size={size},progress=False,"
-            "shard_size=256,batch_size=32));"
+            f"shard_size=256,batch_size=32,device={device!r}));"
             "print(json.dumps({'rss_mb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,'n':s.stored,"
             "'s':time.time()-t}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_runs(jpegs: str, work: str, codec: str, size: int, counts: list[int], device: str = "auto") -> list[dict]:
+    """Peak RSS of conversions of `counts` inputs (a list file cycling over the JPEGs)."""
+    files = sorted(os.path.abspath(os.path.join(r, f)) for r, _, fs in os.walk(jpegs) for f in fs if f.endswith(".jpg"))
+    out = []
+    for n in counts:
+        lst = os.path.join(work, f"list-{n}.txt")
+        with open(lst, "w") as f:
+            for i in range(n):
+                f.write(f"{files[i % len(files)]}\t{i % 10}\n")
+        d = os.path.join(work, f"mem-{n}.zarr")
+        shutil.rmtree(d, ignore_errors=True)
+        m = peak_rss_mb(lst, d, codec, size, device)
+        shutil.rmtree(d)
+        if m["n"] != n:
+            raise SystemExit(f"memory run stored {m['n']} of {n} inputs: the measurement would mean nothing")
+        out.append({"inputs": n, **m})
+    return out
+
+
+def dali_decode_only(files: list[str], size: int, batch: int, device: str, source: str = "reader",
+                     threads: int = 8, epochs: int = 1) -> float:
+    """img/s of DALI alone on the same files: decode (mixed, the hardware decoder at the pipeline's load, on
+    CUDA) + resize + centre crop, as conversion does. source: "reader" (fn.readers.file) or "memory"
+    (external_source over the encoded bytes already in memory). One warm-up epoch, then `epochs` timed."""
+    from nvidia.dali import fn, pipeline_def, types
+    from latentstore.convert.decode import HW_DECODER_LOAD
+    cuda = device == "cuda"
+    data = [np.fromfile(f, dtype=np.uint8) for f in files] if source == "memory" else None
+
+    @pipeline_def(batch_size=batch, num_threads=threads, device_id=0 if cuda else None, exec_dynamic=True,
+                  prefetch_queue_depth=2)
+    def pipe():
+        if source == "reader":
+            enc, _ = fn.readers.file(files=files, name="r")
+        else:
+            enc = fn.external_source(source=[data[i: i + batch] for i in range(0, len(data), batch)], cycle=True)
+        dec = {"device": "mixed", "hw_decoder_load": HW_DECODER_LOAD} if cuda else {"device": "cpu"}
+        img = fn.decoders.image(enc, output_type=types.RGB, **dec)
+        return fn.crop(fn.resize(img, resize_shorter=size, antialias=True), crop=(size, size))
+
+    p = pipe()
+    p.build()
+    iters = -(-len(files) // batch)
+
+    def epoch():
+        for _ in range(iters):
+            p.run()
+        if cuda:
+            import torch
+            torch.cuda.synchronize()
+    epoch()
+    t = time.perf_counter()
+    for _ in range(epochs):
+        epoch()
+    return epochs * iters * batch / (time.perf_counter() - t)
+
+
+def dali_rgb(files: list[str], bs: int, dev: str, side: int, threads: int):
+    """An endless iterator of (images (B, 3, side, side) float, labels) from JPEGs through DALI (mixed decoding on
+    CUDA): random resized crop, flip, normalise, as ImageNet training does. DALI may reuse a buffer nothing
+    references, so a batch stays referenced until the work the consumer queued on it has run (an event recorded
+    when the consumer asks for the next batch, waited for two batches later)."""
+    import collections
+    import torch
+    from nvidia.dali import fn, pipeline_def, types
+    cuda = dev == "cuda"
+
+    @pipeline_def(batch_size=bs, num_threads=threads, device_id=0 if cuda else None, exec_dynamic=True, seed=0)
+    def pipe():
+        jpegs, labels = fn.readers.file(files=files, labels=[i % 10 for i in range(len(files))], random_shuffle=True)
+        img = fn.decoders.image_random_crop(jpegs, device="mixed" if cuda else "cpu", output_type=types.RGB)
+        img = fn.resize(img, size=(side, side))
+        return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mirror=fn.random.coin_flip(),
+                                        mean=[123.7, 116.3, 103.5], std=[58.4, 57.1, 57.4]), labels
+    p = pipe()
+    p.build()
+    held, prev = collections.deque(), None
+    while True:
+        if cuda and prev is not None:  # the consumer has queued its work on the previous batch
+            ev = torch.cuda.Event()
+            ev.record()
+            held.append((ev, prev))
+            if len(held) > 2:
+                held.popleft()[0].synchronize()
+        img, lab = p.run()
+        x = torch.from_dlpack(img.as_tensor()) if cuda else torch.from_numpy(img.as_array())
+        prev = img
+        yield x, torch.from_numpy(lab.as_array().reshape(-1).astype("int64")).to(dev)
+
+
+def encoder_ceiling(codec_name: str, batch: int, size: int, device: str, mode: str, iters: int = 20) -> float:
+    """img/s of the ls-c* encoder + fused symbols kernel alone on random pixels (bf16 autocast, channels_last on
+    CUDA): mode eager, compile (torch.compile of the encoder) or graph (a CUDA graph of the eager step)."""
+    import torch
+    import latentstore_kernels as K
+    from latentstore.codec.zoo import load_codec
+    from latentstore.device import autocast_for
+    model = copy.deepcopy(load_codec(codec_name)).to(device).to(memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    fwd = None
+    if mode == "compile":
+        enc, norm = model.encoder, model.normalise
+        fwd = torch.compile(lambda t: enc.forward_unbiased(norm(t)), dynamic=False)
+
+    @torch.no_grad()
+    def step():
+        with autocast_for(device):
+            if fwd is None:
+                return model.symbols(x)
+            z, bias = fwd(x)
+            return K.symbols(z, model.quantizer.centres.detach(), bias.detach())
+    for _ in range(3):  # warm-up: cuDNN, autotuning, compilation
+        step()
+    run = step
+    if mode == "graph":
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            step()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            step()
+        run = g.replay
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        run()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return iters * batch / (time.perf_counter() - t)
 
 
 def main(argv=None) -> None:
@@ -74,6 +212,7 @@ def main(argv=None) -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--memory", default="1000,10000", help="input counts for the peak-RSS runs ('' to skip)")
     ap.add_argument("--work", default="runs/convert-bench")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="where convert.md and convert.csv go")
     a = ap.parse_args(argv)
     import torch
     from latentstore.convert.pipeline import ConvertOptions, convert
@@ -95,40 +234,27 @@ def main(argv=None) -> None:
     rows = [{"what": f"latentstore convert ({device}, DALI {'mixed' if device == 'cuda' else 'cpu'})", "images": s.stored,
              "images_per_s": pipe_ips, **{f"stage_{k}_s": v for k, v in s.stage_s.items()}},
             {"what": "plain Pillow + torch loop", "images": a.images, "images_per_s": base_ips}]
-    mem = []
-    if a.memory:
-        files = sorted(os.path.abspath(os.path.join(r, f)) for r, _, fs in os.walk(jpegs) for f in fs if f.endswith(".jpg"))
-        for n in [int(x) for x in a.memory.split(",")]:
-            lst = os.path.join(a.work, f"list-{n}.txt")
-            with open(lst, "w") as f:
-                for i in range(n):
-                    f.write(f"{files[i % len(files)]}\t{i % 10}\n")
-            d = os.path.join(a.work, f"mem-{n}.zarr")
-            shutil.rmtree(d, ignore_errors=True)
-            m = peak_rss_mb(lst, d, a.codec, 128)
-            shutil.rmtree(d)
-            if m["n"] != n:
-                raise SystemExit(f"memory run stored {m['n']} of {n} inputs: the measurement would mean nothing")
-            mem.append({"inputs": n, **m})
-            print(f"peak RSS converting {n:,} inputs at 128 px: {m['rss_mb']:.0f} MB ({m['n'] / m['s']:.1f} img/s)", flush=True)
+    mem = memory_runs(jpegs, a.work, a.codec, 128, [int(x) for x in a.memory.split(",")]) if a.memory else []
+    for m in mem:
+        print(f"peak RSS converting {m['inputs']:,} inputs at 128 px: {m['rss_mb']:.0f} MB ({m['n'] / m['s']:.1f} img/s)")
     lines = [f"# Conversion throughput: {a.images} JPEGs (~400x350, q90) -> {a.codec} at {a.size}x{a.size}", "",
              f"Command: `python benchmarks/convert.py --images {a.images} --codec {a.codec}`; {platform.machine()} CPU, "
              f"{os.cpu_count()} cores; GPU: {gpu}; {time.strftime('%Y-%m-%d')}. Both rows measured in one run.", "",
              "| pipeline | images/s | ratio |", "|---|---|---|",
              f"| {rows[0]['what']} | {pipe_ips:.1f} | {pipe_ips / base_ips:.2f}x |",
              f"| {rows[1]['what']} | {base_ips:.1f} | 1.00x |", "",
-             "Seconds per stage inside the pipeline (stages overlap, so they can sum to more than the wall time): "
+             "Seconds per stage inside the pipeline (stages overlap, so they can sum to more than the wall time; "
+             "fit: the v2 table fit, its decoding and encoding also counted in decode and encode): "
              + ", ".join(f"{k} {v:.1f}" for k, v in s.stage_s.items()) + f"; wall {s.wall_s:.1f}.", ""]
     if mem:
         lines += ["| inputs converted (128 px) | peak RSS (MB) | images/s |", "|---|---|---|"]
         lines += [f"| {m['inputs']:,} | {m['rss_mb']:.0f} | {m['n'] / m['s']:.1f} |" for m in mem]
     if device != "cuda":
-        lines += ["", "No GPU was available for this run: the DALI mixed-decoding figure (target 3,000 images/s on an "
-                  "H100/H200) is not measured here."]
-    res = os.path.join(HERE, "results")
-    os.makedirs(res, exist_ok=True)
-    open(os.path.join(res, "convert.md"), "w").write("\n".join(lines) + "\n")
-    with open(os.path.join(res, "convert.csv"), "w", newline="") as f:
+        lines += ["", "No GPU was available for this run: the GPU path is measured by `make bench-gpu` "
+                  "(benchmarks/gpu.py)."]
+    os.makedirs(a.out, exist_ok=True)
+    open(os.path.join(a.out, "convert.md"), "w").write("\n".join(lines) + "\n")
+    with open(os.path.join(a.out, "convert.csv"), "w", newline="") as f:
         keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "what", k))
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()

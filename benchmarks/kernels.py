@@ -97,7 +97,7 @@ def kernel_cases(shape, L: int, dtype, device: str, smoke: bool, with_compile: b
     """[(kernel, bytes, {variant: fn}, eager_fn, compiled_fn or None)] for one size."""
     import torch
     import latentstore_kernels as K
-    from latentstore_kernels._common import default_config, sm_count, tuned_config
+    from latentstore_kernels._tuning import default_config, sm_count, tuned_config
     from latentstore_kernels.fused_quantize import quantize_backward, quantize_forward
     from latentstore_kernels.fused_symbols import symbols_fused
 
@@ -164,7 +164,7 @@ def kernel_cases(shape, L: int, dtype, device: str, smoke: bool, with_compile: b
 
 def run_kernels(sizes, Ls, dtypes, device, smoke, copy_big, log):
     import torch
-    from latentstore_kernels._common import tuned_configs
+    from latentstore_kernels._tuning import tuned_configs
     rows = []
     log(f"{'size':16} {'dtype':8} {'L':>2} {'kernel':10} {'variant':8} {'ms':>8} {'GB/s':>7} {'%copy':>6} "
         f"{'%same':>6} {'x eager':>8} {'x compile':>9}")

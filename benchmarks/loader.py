@@ -1,8 +1,9 @@
 """Loader benchmark: samples/s delivered to a training loop, all four sources measured in one run.
 
-    python benchmarks/loader.py [--images 600] [--codec ls-c32]
+    python benchmarks/loader.py [--images 600] [--codec ls-c32] [--bitstream v2]
 
-(a) the Zarr latent store       LatentMapDataset: uint8 symbols, random 28x28 crop + flip
+(a) the Zarr latent store       LatentMapDataset: uint8 symbols, random 28x28 crop + flip (batched decode)
+(a1) the same store in bitstream v1 (constriction ANS), for comparison
 (b) the WebDataset latent store LatentBatchStream: the same, read from the tar shards
 (c) the same images as JPEG files, Pillow decode + RandomResizedCrop(224) + flip (what users do today)
 (d) DALI CPU decoding of the same JPEGs: readers.file -> decoders.image -> random_resized_crop + flip
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
+import shutil
 import platform
 import sys
 import time
@@ -111,6 +114,7 @@ def main(argv=None) -> None:
     ap.add_argument("--images", type=int, default=600)
     ap.add_argument("--codec", default="ls-c32")
     ap.add_argument("--work", default="runs/loader-bench")
+    ap.add_argument("--bitstream", choices=["v1", "v2"], default="v2", help="the bitstream of stores (a) and (b)")
     a = ap.parse_args(argv)
     from latentstore.convert.pipeline import ConvertOptions, convert
     from latentstore.data.rgb import ImageFolderDataset
@@ -118,23 +122,29 @@ def main(argv=None) -> None:
     from latentstore.store.info import dir_bytes
     jpegs = make_jpegs(os.path.join(a.work, "jpeg"), a.images)
     stores = {}
-    for fmt in ("zarr", "wds"):
-        dst = os.path.join(a.work, f"{os.path.basename(a.codec).split('.')[0]}-{fmt}")
+    other = "v1" if a.bitstream == "v2" else "v2"
+    for key, fmt, bits in (("zarr", "zarr", a.bitstream), ("wds", "wds", a.bitstream), ("zarr_other", "zarr", other)):
+        dst = os.path.join(a.work, f"{os.path.basename(a.codec).split('.')[0]}-{fmt}-{bits}")
         if not os.path.exists(os.path.join(dst, "_parts", "INIT.json")) or not os.path.exists(
                 os.path.join(dst, "zarr.json" if fmt == "zarr" else "schema.json")):
-            convert(jpegs, dst, ConvertOptions(codec=a.codec, fmt=fmt, size=256, shard_size=256, progress=False))
-        stores[fmt] = dst
+            shutil.rmtree(dst, ignore_errors=True)
+            convert(jpegs, dst, ConvertOptions(codec=a.codec, fmt=fmt, size=256, shard_size=256, progress=False,
+                                               bitstream=bits))
+        stores[key] = dst
     n = a.images
     cores = os.cpu_count() or 1
     jpeg_bytes = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(jpegs) for f in fs if f.endswith(".jpg"))
     per_sample = {"zarr": dir_bytes(os.path.join(stores["zarr"], "latents")) / n,
+                  "zarr_other": dir_bytes(os.path.join(stores["zarr_other"], "latents")) / n,
                   "wds": sum(os.path.getsize(os.path.join(stores["wds"], f)) for f in os.listdir(stores["wds"])
                              if f.endswith(".tar")) / n,
                   "jpeg": jpeg_bytes / n}
     rows = []
     for label, mk, bytes_key in [
-        ("(a) zarr latents", lambda w: torch_loader(LatentMapDataset(stores["zarr"], crop=28), w), "zarr"),
-        ("(b) wds latents", lambda w: stream_loader(stores["wds"], w), "wds"),
+        (f"(a) zarr latents {a.bitstream}", lambda w: torch_loader(LatentMapDataset(stores["zarr"], crop=28), w), "zarr"),
+        (f"(a1) zarr latents {other}", lambda w: torch_loader(LatentMapDataset(stores["zarr_other"], crop=28), w),
+         "zarr_other"),
+        (f"(b) wds latents {a.bitstream}", lambda w: stream_loader(stores["wds"], w), "wds"),
         ("(c) JPEG + Pillow RRC(224)", lambda w: torch_loader(ImageFolderDataset(jpegs, 224, True), w), "jpeg"),
         ("(d) JPEG + DALI CPU", lambda w: dali_loader(jpegs, max(1, w)), "jpeg"),
     ]:
@@ -144,9 +154,10 @@ def main(argv=None) -> None:
                      "bytes_per_sample": per_sample[bytes_key]})
         print(f"{label:28} 1 core {one:9.1f}/s   {cores} cores {allc:9.1f}/s   {per_sample[bytes_key]:10,.0f} B/sample",
               flush=True)
-    c = rows[2]["per_core_sps"]
+    c = rows[3]["per_core_sps"]
     lines = [f"# Loader throughput, {n} images, codec {a.codec} at 256x256 (latents 32x32, crop 28)", "",
-             f"Command: `python benchmarks/loader.py --images {n} --codec {a.codec}`; {platform.machine()} CPU, "
+             f"Command: `python benchmarks/loader.py --images {n} --codec {a.codec} --bitstream {a.bitstream}`; "
+             f"{platform.machine()} CPU, "
              f"{cores} cores, {time.strftime('%Y-%m-%d')}; all rows measured in one run.", "",
              "| source | samples/s, 1 core | samples/s, all cores | x (c), 1 core | bytes read / sample |",
              "|---|---|---|---|---|"]
@@ -155,13 +166,16 @@ def main(argv=None) -> None:
                      f"{r['per_core_sps'] / c:.1f} | {r['bytes_per_sample']:,.0f} |")
     res = os.path.join(HERE, "results")
     os.makedirs(res, exist_ok=True)
-    tag = os.path.basename(a.codec).split(".")[0]
+    tag = os.path.basename(a.codec).split(".")[0] + ("" if a.bitstream == "v2" else "-v1")
     open(os.path.join(res, f"loader-{tag}.md"), "w").write("\n".join(lines) + "\n")
     with open(os.path.join(res, f"loader-{tag}.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     print("\n".join(lines))
+    print(json.dumps({"per_core_ratio_vs_pillow": rows[0]["per_core_sps"] / c, "codec": a.codec,
+                      "bitstream": a.bitstream, "per_core_sps": rows[0]["per_core_sps"], "pillow_per_core_sps": c,
+                      "bytes_per_sample": per_sample["zarr"], "cores": cores}))
 
 
 if __name__ == "__main__":

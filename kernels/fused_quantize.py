@@ -42,8 +42,8 @@ import triton
 import triton.language as tl
 
 from ._common import (FDIV_APPROX, LOG2E, KernelConfig, _centres, _hard_sums, _nearest, _pack_hard, _recip,
-                      _shape, _tile, _write_hist, _zeros_tuple, hist_mode, launch, pack_width, reduce_partials,
-                      tiling, tuned_config)
+                      _shape, _tile, _write_hist, _zeros_tuple, hist_mode, pack_width, reduce_partials, tiling)
+from ._tuning import launch, tuned_config
 
 
 @triton.jit

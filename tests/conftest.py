@@ -1,10 +1,25 @@
 import os
 
-import numpy as np
-import pytest
-import torch
 
-from latentstore.codec.model import CodecConfig, LatentCodec
+def _has_cuda() -> bool:
+    try:
+        import torch  # importing torch does not import triton; only the kernels' modules do
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+# Plain `pytest` runs every test, as `make test` does: without a GPU the Triton kernels run in
+# Triton's interpreter, which triton reads when a kernel module is imported, so it is set here,
+# before any test module (or latentstore_kernels' fused modules) is imported.
+if not _has_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from latentstore.codec.model import CodecConfig, LatentCodec  # noqa: E402
 from latentstore.codec.zoo import load_codec_file, save_codec
 from latentstore.data.photos import resize_shorter, skimage_photo_path
 from latentstore.data.imageio import load_image

@@ -1,5 +1,4 @@
 """The single-file CLI, in-process: round trips, and every bad input ends in one line and a non-zero exit."""
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image

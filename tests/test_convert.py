@@ -144,3 +144,93 @@ def test_two_ranks_then_merge(tree, zstore, codec_path, tmp_path):
     a, b = open_store(zstore), open_store(dst)
     assert a.schema.checksums == b.schema.checksums and a.schema.num_samples == b.schema.num_samples
     assert verify(dst)["ok"]
+
+
+def test_gpu_entropy_coder_gives_the_same_bytes(tree, zstore, codec_path, tmp_path):
+    """The GPU path's entropy coding (Triton rANS lanes, assembled on the host; here through TRITON_INTERPRET)
+    writes the same store as numba's, for direct shard files and WebDataset bitstreams alike."""
+    for fmt, ref in (("zarr", zstore), ("wds", None)):
+        dst = str(tmp_path / f"triton-{fmt}" / os.path.basename(zstore))  # WebDataset shards carry the name
+        make_store(tree, dst, codec_path, fmt=fmt, entropy="triton")
+        if ref is None:
+            ref = str(tmp_path / "numba" / os.path.basename(zstore))
+            make_store(tree, ref, codec_path, fmt=fmt, entropy="numba")
+        a, b = open_store(ref), open_store(dst)
+        assert a.schema.checksums == b.schema.checksums and a.schema.totals == b.schema.totals, fmt
+
+
+def test_plain_zarr_reads_every_row(zstore):
+    """The directly written shard files, read whole by zarr: valid rows are the store's symbols, the rest fill."""
+    g = zarr.open_group(zstore, mode="r")
+    s = open_store(zstore)
+    lat, valid = g["latents"][:], g["valid"][:]
+    assert np.array_equal(lat[valid], np.stack([s.symbols(i) for i in range(len(s))]))
+    assert not lat[~valid].any()
+
+
+def _bogus_huffman(jpeg: bytes) -> bytes:
+    """A JPEG whose header screens fine but whose Huffman table no decoder accepts (DALI fails its batch)."""
+    d = bytearray(jpeg)
+    i = d.find(b"\xff\xc4")
+    d[i + 5: i + 21] = b"\xff" * 16  # code counts summing far over 256
+    return bytes(d)
+
+
+def test_a_bad_file_is_isolated_from_its_batch(tmp_path, codec_path):
+    import io
+    from PIL import Image
+    from latentstore.convert.decode import DaliImageStage, screen
+    from tests.badfiles import base_photo
+    rgb = base_photo(64)
+    good = []
+    for i in range(5):
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(rgb[:, i * 8: i * 8 + 56])).save(buf, format="JPEG", quality=90)
+        good.append(buf.getvalue())
+    bad = _bogus_huffman(good[0])
+    assert screen(bad, "bad").route == "dali"  # only DALI finds out
+    stage = DaliImageStage(32, 8)
+    out = stage.decode([good[0], bad, good[1], good[2], bad, good[3], good[4]])
+    assert [isinstance(o, Exception) for o in out] == [False, True, False, False, True, False, False]
+    alone = stage.decode(good)
+    assert all(np.array_equal(a, b) for a, b in zip([o for o in out if not isinstance(o, Exception)], alone))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, g in enumerate(good):
+        (src / f"g{i}.jpg").write_bytes(g)
+    (src / "zz_bad.jpg").write_bytes(bad)
+    s = make_store(str(src), str(tmp_path / "b.zarr"), codec_path, shard_size=8)  # batches of 4: [g0-g3], [g4, bad]
+    assert s.stored == 5 and [r["path"] for r in s.rejects] == [str(src / "zz_bad.jpg")]
+    assert s.rejects[0]["reason"].startswith("DALI could not decode it")
+    assert verify(str(tmp_path / "b.zarr"))["ok"]
+
+
+def test_header_shortcut_agrees_with_pillow(tree, tmp_path):
+    """screen()'s marker walk for plain JPEGs must route every file exactly as Pillow's screen does."""
+    import io
+    from PIL import Image
+    from latentstore.convert.decode import plain_jpeg_size, screen, screen_pil
+    from tests.badfiles import base_photo
+    rgb = base_photo(64)
+    files = {os.path.relpath(os.path.join(r, f), tree): open(os.path.join(r, f), "rb").read()
+             for r, _, fs in os.walk(tree) for f in fs if os.access(os.path.join(r, f), os.R_OK)
+             and os.path.isfile(os.path.join(r, f))}
+    for name, kw in {"progressive": {"progressive": True}, "comment": {"comment": b"hi"}, "444": {"subsampling": 0},
+                     "optimized": {"optimize": True}, "icc": {"icc_profile": b"\0" * 200},
+                     "exif_plain": {"exif": Image.Exif().tobytes()}}.items():
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=85, **kw)
+        files[name] = buf.getvalue()
+    plain = files["progressive"]
+    i = plain.find(b"\xff\xc2")
+    files["twelve_bit"] = plain[:i + 4] + b"\x0c" + plain[i + 5:]
+    files["bogus_huffman"] = _bogus_huffman(files["comment"])
+    j = plain.find(b"\xff\xdb")
+    files["dqt_cut"] = plain[:j + 2] + b"\x00\x20" + plain[j + 4:]  # a table cut short: Pillow refuses it
+    shortcut = 0
+    for name, data in files.items():
+        a, b = screen(data, name), screen_pil(data, name)
+        assert (a.route, a.size, a.reason) == (b.route, b.size, b.reason), name
+        shortcut += plain_jpeg_size(data) is not None
+    assert shortcut >= 12  # the plain JPEGs of the tree and most variants took the shortcut
+    assert plain_jpeg_size(files["twelve_bit"]) is None and plain_jpeg_size(files["icc"]) is None

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import latentstore_kernels as K
-from latentstore_kernels._common import (KernelConfig, autotune_enabled, candidate_configs, candidate_rows,
-                                         default_config, interpreter_config, pack_width, reduce_partials, search,
-                                         tiling, tuned_config)
+from latentstore_kernels._common import KernelConfig, autotune_enabled, pack_width, reduce_partials, tiling
+from latentstore_kernels._tuning import (candidate_configs, candidate_rows, default_config, interpreter_config, search,
+                                         tuned_config)
 from latentstore_kernels.fused_quantize import quantize_backward, quantize_forward, quantize_fused
 from latentstore_kernels.fused_symbols import symbols_fused
 
@@ -327,7 +327,7 @@ def test_tuner_plumbing_with_a_fake_clock(monkeypatch, tmp_path):
     process (emptied memory cache) reads it back instead of timing again."""
     import triton.testing
 
-    import latentstore_kernels._common as common
+    import latentstore_kernels._tuning as common
     calls = []
 
     def fake_do_bench(fn, **kw):

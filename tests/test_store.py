@@ -32,19 +32,26 @@ def stores(src, codec_path, tmp_path_factory):
     return {"zarr": str(d / "z.zarr"), "wds": str(d / "w")}
 
 
+@pytest.mark.parametrize("coder", ["latentstore.ans", "latentstore.rans"])
 @pytest.mark.parametrize("kind", ["zarr", "wds"])
-def test_writer_symbol_round_trip(kind, codec, codec_path, tmp_path):
+def test_writer_symbol_round_trip(kind, coder, codec, codec_path, tmp_path):
     rng = np.random.default_rng(0)
     C, L = codec.cfg.C, codec.cfg.L
     schema = StoreSchema(kind=kind, codec={"id": codec.name, "weights_hash": codec.hash, "C": C, "L": L,
-                                           "centres": codec.centres().tolist(), "freqs": codec.freqs.tolist()},
+                                           "centres": codec.centres().tolist(), "freqs": codec.freqs.tolist(),
+                                           "coder": coder},
                          policy={"mode": "fixed", "size": 40}, shard_size=3, num_slots=7, label_names=["a", "b"],
                          inputs_sha256="x")
-    w = StoreWriter.open(str(tmp_path / "s"), schema, codec_path, resume=False)
     syms = {i: rng.integers(0, L, size=(C, 5, 5), dtype=np.uint8) for i in range(7) if i != 4}
+    tables = None
+    if coder == "latentstore.rans":  # a store's own tables, fitted to its symbols
+        from latentstore.codec.entropy.rans_v2 import fit_tables
+        tables = fit_tables(np.stack(list(syms.values())), L)
+        schema.codec["rans_tables"] = tables.tolist()
+    w = StoreWriter.open(str(tmp_path / "s"), schema, codec_path, resume=False)
     for k in range(3):
         samples = [Sample(i, i % 2, syms[i], (40, 40), (40, 40), f"img{i}", 100,
-                          codec.pack(syms[i], (40, 40))) for i in w.shard_slots(k) if i in syms]
+                          codec.pack(syms[i], (40, 40), coder, tables)) for i in w.shard_slots(k) if i in syms]
         w.write_shard(k, samples, [{"path": "img4", "reason": "test"}] if k == 1 else [])
     finalize_store(str(tmp_path / "s"))
     s = open_store(str(tmp_path / "s"))

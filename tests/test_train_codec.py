@@ -24,3 +24,30 @@ def test_resume_continues_the_loss_curve_exactly(tmp_path):
     assert codec.freqs.shape == (8, 6) and (codec.freqs > 0).all()
     assert codec.meta["seed"] == 3 and r["steps"] == 6
     assert (tmp_path / "b" / "curves.png").exists() and (tmp_path / "b" / "config.json").exists()
+
+
+def test_train_all_installs_a_family_and_keeps_the_old_codec_by_version(tmp_path, monkeypatch):
+    """`latentstore train codec --all` (smoke recipe): every MS-SSIM variant is trained and installed; a second
+    install of a different codec under the same name keeps the first as NAME@1, which still decodes its bytes."""
+    from click.testing import CliRunner
+
+    from latentstore.cli import main
+    from latentstore.codec import zoo
+    from latentstore.codec.api import compress, decompress
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", str(tmp_path / "zoo"))
+    (tmp_path / "zoo").mkdir()
+    r = CliRunner()
+    res = r.invoke(main, ["train", "codec", "--all", "--family", "msssim", "--recipe", "smoke", "--out",
+                          str(tmp_path / "runs"), "--install", "--quiet", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert zoo.available_codecs() == ["ls-c8-msssim", "ls-c16-msssim", "ls-c32-msssim"]
+    first = zoo.load_codec("ls-c8-msssim")
+    assert json.load(open(tmp_path / "runs" / "ls-c8-msssim" / "config.json"))["distortion"] == "msssim"
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    old_bytes = compress(rgb, first, "latentstore.ans")  # v1 names the codec: found again by name and hash
+    res = r.invoke(main, ["train", "codec", "--name", "ls-c8-msssim", "--recipe", "smoke", "--seed", "7", "--out",
+                          str(tmp_path / "again"), "--install", "--quiet", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "ls-c8-msssim@1" in zoo.available_codecs() and zoo.load_codec("ls-c8-msssim").hash != first.hash
+    assert zoo.load_codec("ls-c8-msssim@1").hash == first.hash
+    assert decompress(old_bytes).shape == rgb.shape  # no codec given: the zoo finds ls-c8-msssim@1 by hash

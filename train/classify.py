@@ -12,8 +12,6 @@ them; log.csv and curves.png record the run.
 """
 from __future__ import annotations
 
-import csv
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -23,10 +21,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from latentstore.data.datasets import LatentMapDataset, ResumableLoader, dequantize_on
-from latentstore.device import autocast_for, resolve_device, to_channels_last
+from latentstore.data.datasets import LatentMapDataset, ResumableLoader
+from latentstore.device import autocast_for, resolve_device
+from latentstore.errors import UsageError
 from latentstore.models.resnet import build
 from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from latentstore_train.common import batch_input, init_dist as _dist, lr_at, write_logs  # shared with seg
 
 
 @dataclass
@@ -49,21 +49,17 @@ class ClassifyConfig:
     ckpt_every: int = 0  # also checkpoint every N steps (0: once per epoch)
     max_steps: int = 0  # stop after this many steps in total (0: run all epochs); tests and smoke runs
     device: str = "auto"  # auto | cpu | cuda
+    decode_on: str = "cpu"  # cpu: loader workers decode; gpu: workers only read bytes, the GPU decodes (v2 stores)
 
 
-def _dist(device: str) -> tuple[int, int, int]:
-    """(rank, world, local rank) under torchrun; NCCL for CUDA training, gloo for CPU (even where CUDA exists)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device == "cuda" else "gloo")
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-    return 0, 1, 0
-
-
-def make_dataset(kind: str, path: str, train: bool, crop: int, seed: int):
+def make_dataset(kind: str, path: str, train: bool, crop: int, seed: int, decode_on: str = "cpu"):
     """-> (dataset, num_classes, in_channels, centres): centres (L,) for latent stores, else None."""
+    if not path or not os.path.exists(path):  # a path given on the command line: a usage error (exit 2)
+        what = "store" if kind in ("latent", "recon") else "image folder or .npz"
+        raise UsageError(f"--{'train' if train else 'val'} {path or '(empty)'}: no such {what}")
     if kind == "latent":
-        ds = LatentMapDataset(path, train=train, crop=crop or None, output="symbols", seed=seed)
+        ds = LatentMapDataset(path, train=train, crop=crop or None, seed=seed,
+                              output="payload" if decode_on == "gpu" else "symbols")
         s = ds.store.schema
         return ds, len(s.label_names), s.codec["C"], ds.store.centres
     from latentstore.data.rgb import ArrayImageDataset, ImageFolderDataset
@@ -79,28 +75,39 @@ def make_dataset(kind: str, path: str, train: bool, crop: int, seed: int):
     return ds, len(ds.label_names), 3, None
 
 
-def batch_input(b: dict, centres, device: str) -> torch.Tensor:
-    """The model's input on `device`: latents cross as uint8 symbols and are expanded there; images as floats."""
-    x = dequantize_on(b["latent"], centres, device) if centres is not None else b["image"].to(device, non_blocking=True)
-    return to_channels_last(x, device)
+def gpu_decoders(cfg: ClassifyConfig, device: str, train_ds, val_ds) -> tuple:
+    """(train, val) DeviceDecoders for decode_on="gpu", else (None, None)."""
+    if cfg.decode_on == "cpu":
+        return None, None
+    if cfg.decode_on != "gpu" or cfg.input != "latent":
+        raise UsageError("--decode-on is cpu or gpu, and gpu decodes latent stores (--input latent) only")
+    if device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UsageError("--decode-on gpu needs a CUDA device (the decoder is a Triton kernel)")
+    from latentstore.data.gpu_decode import DeviceDecoder
+    return DeviceDecoder(train_ds.store, device), DeviceDecoder(val_ds.store, device)
 
 
-def lr_at(cfg: ClassifyConfig, step: int, steps_per_epoch: int, world: int) -> float:
-    peak = cfg.lr * cfg.batch_size * world / 256
-    warm = cfg.warmup_epochs * steps_per_epoch
-    total = cfg.epochs * steps_per_epoch
-    if step < warm:
-        return peak * (step + 1) / warm
-    return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+def check_same_codec(cfg: ClassifyConfig, train_schema, val_schema) -> None:
+    """A cResNet learns one codec's latents: validating it on another's (other C, other centres, other
+    features) is meaningless, and crashed only when the first validation ran. Refuse it up front."""
+    a, b = train_schema.codec, val_schema.codec
+    if (a["weights_hash"], a["C"]) != (b["weights_hash"], b["C"]):
+        raise UsageError(f"--train {cfg.train} holds latents of codec {a['id']} (C={a['C']}, weights {a['weights_hash']}) "
+                         f"but --val {cfg.val} holds {b['id']} (C={b['C']}, weights {b['weights_hash']}): "
+                         "convert both with the same codec")
+    tn, vn = list(train_schema.label_names), list(val_schema.label_names)
+    if vn != tn[: len(vn)]:  # val may lack trailing classes; label i must mean the same class in both
+        raise UsageError(f"--val {cfg.val} labels its {len(vn)} classes differently from --train {cfg.train} "
+                         f"({len(tn)} classes): label i must mean the same class in both")
 
 
 @torch.no_grad()
-def evaluate(model, loader, centres, device: str) -> dict:
+def evaluate(model, loader, centres, device: str, decoder=None) -> dict:
     model.eval()
     n = top1 = top5 = 0
     loss = 0.0
     for b in loader:
-        x = batch_input(b, centres, device)
+        x = batch_input(b, centres, device, decoder)
         y = b["label"].to(device)
         with autocast_for(device):
             logits = model(x).float()
@@ -120,8 +127,11 @@ def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
     if device == "cuda":
         torch.cuda.set_device(local)
     os.makedirs(out_dir, exist_ok=True)
-    train_ds, n_classes, cin, centres = make_dataset(cfg.input, cfg.train, True, cfg.crop, cfg.seed)
-    val_ds, _, _, _ = make_dataset(cfg.input, cfg.val, False, cfg.crop, cfg.seed)
+    train_ds, n_classes, cin, centres = make_dataset(cfg.input, cfg.train, True, cfg.crop, cfg.seed, cfg.decode_on)
+    val_ds, _, _, _ = make_dataset(cfg.input, cfg.val, False, cfg.crop, cfg.seed, cfg.decode_on)
+    decoders = gpu_decoders(cfg, device, train_ds, val_ds)
+    if cfg.input == "latent":
+        check_same_codec(cfg, train_ds.store.schema, val_ds.store.schema)  # before any step, not after an epoch
     torch.manual_seed(cfg.seed)  # here, not earlier: loading data may build (and so seed-consume) a codec
     model = build(cfg.model, in_channels=cin, num_classes=n_classes, width=cfg.width, depth_scale=cfg.depth_scale)
     model = model.to(device)
@@ -166,7 +176,7 @@ def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
         for b in loader:
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step, steps_per_epoch, world)
-            x = batch_input(b, centres, device)
+            x = batch_input(b, centres, device, decoders[0])
             y = b["label"].to(device, non_blocking=True)
             with autocast_for(device):
                 loss = F.cross_entropy(ddp_model(x).float(), y)
@@ -186,7 +196,7 @@ def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
         if loader.batches_done == steps_per_epoch:  # stopped on the epoch's last batch: close the epoch
             loader.set_epoch(epoch + 1)
         if loader.batches_done == 0:  # the epoch ran to its end
-            ev = evaluate(model, val_loader, centres, device) if rank == 0 else {}
+            ev = evaluate(model, val_loader, centres, device, decoders[1]) if rank == 0 else {}
             epochs_log.append({"epoch": epoch + 1, "step": step, "epoch_seconds": time.time() - epoch_start, **ev})
             epoch_start = time.time()
             checkpoint()
@@ -196,38 +206,6 @@ def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
     if world > 1:
         dist.barrier()
     return {"steps": step, "epochs": epochs_log, "log": log, "config": resolved}
-
-
-def write_logs(out_dir: str, log: list, epochs_log: list) -> None:
-    for name, rows in (("log.csv", log), ("epochs.csv", epochs_log)):
-        if rows:
-            keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[-1]).index(k) if k in rows[-1] else 99)
-            with open(os.path.join(out_dir, name), "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=keys)
-                w.writeheader()
-                w.writerows(rows)
-    if log:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-            fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-            k = max(1, len(log) // 100)
-            v = np.convolve([r["loss"] for r in log], np.ones(k) / k, mode="valid")
-            ax[0].plot(range(len(v)), v)
-            ax[0].set_title("training loss")
-            ax[0].set_xlabel("step")
-            if epochs_log and "top1" in epochs_log[0]:
-                ax[1].plot([e["epoch"] for e in epochs_log], [e["top1"] for e in epochs_log], "o-", label="top-1")
-                ax[1].plot([e["epoch"] for e in epochs_log], [e["top5"] for e in epochs_log], "s-", label="top-5")
-                ax[1].legend()
-            ax[1].set_title("validation accuracy (%)")
-            ax[1].set_xlabel("epoch")
-            fig.tight_layout()
-            fig.savefig(os.path.join(out_dir, "curves.png"), dpi=90)
-            plt.close(fig)
-        except Exception as e:  # a plot must not kill a run
-            print(f"plot skipped: {e}")
 
 
 if __name__ == "__main__":  # python -m latentstore_train.classify: the same options as `latentstore train classify`

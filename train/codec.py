@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from latentstore.codec.model import CodecConfig, LatentCodec
+from latentstore.codec.entropy.rans_v2 import tables_from_counts
 from latentstore.codec.zoo import OPERATING_POINTS, save_codec
-from latentstore.data.photos import available_photos, resize_shorter
+from latentstore_train import codec_data
 from latentstore.device import autocast_for, resolve_device
 from latentstore.errors import UsageError
 from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
@@ -32,12 +33,17 @@ from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, save_c
 @dataclass
 class CodecTrainConfig:
     codec: CodecConfig = field(default_factory=CodecConfig)  # the operating point being trained
-    steps: int = 3000  # optimizer steps
+    steps: int = 6000  # optimizer steps (these defaults are the "cpu" recipe)
     batch_size: int = 8  # crops per step
     crop: int = 128  # crop side in pixels (multiple of 8)
-    lr: float = 3e-4  # Adam learning rate (x0.1 for the last 20% of steps)
+    lr: float = 3e-4  # Adam learning rate
+    lr_schedule: str = "step"  # step: x0.1 for the last 20% of steps | cosine: warmup, then cosine to lr/100
+    warmup: int = 0  # linear warmup steps (cosine schedule)
     sigma_final: float = 8.0  # sigma at the last step; starts at codec.sigma
-    photo_side: int = 512  # photos are downscaled to this shorter side before cropping (camera-sized wallpapers are too smooth at full size)
+    photo_side: int = 512  # shorter side photos are downscaled to (0: full resolution, with min_scale < 1)
+    min_scale: float = 1.0  # multi-scale crops: a crop covers crop/s photo pixels, s log-uniform in [min_scale, 1]
+    distortion: str = "mse"  # mse (the paper's operating points) | msssim (the -msssim variants)
+    msssim_weight: float = 3000.0  # weight of (1 - MS-SSIM) in the msssim loss (MSE on 0..255 is ~10^2)
     seed: int = 0  # seeds the crop sampler and the initialisation
     ckpt_every: int = 200  # steps between checkpoints
     device: str = "auto"  # auto | cpu | cuda
@@ -45,11 +51,29 @@ class CodecTrainConfig:
     stop_at: int = 0  # stop this invocation after this step, schedule unchanged (0 = run to `steps`); resume tests
 
 
+# Training recipes: what `latentstore train codec --all --recipe R` uses for every operating point.
+RECIPES = {
+    # what the shipped CPU-trained codecs used (~40 CPU-minutes each)
+    "cpu": dict(N=64, steps=6000, batch_size=8, crop=128, photo_side=512, min_scale=1.0, lr=3e-4, lr_schedule="step"),
+    # a GPU (one at a time: two trainings on one GPU ran 8x slower each): the paper's N=128 trunk, 256-px
+    # multi-scale crops of the full-resolution photos, a long cosine schedule; bf16 and the fused kernels on CUDA
+    "gpu": dict(N=128, steps=40000, batch_size=16, crop=256, photo_side=0, min_scale=0.25, lr=2e-4,
+                lr_schedule="cosine", warmup=1000),
+    # seconds on a CPU: checks the whole path (tests, a quick look)
+    "smoke": dict(N=16, steps=8, batch_size=2, crop=64, photo_side=256, min_scale=0.5, lr=3e-4, lr_schedule="cosine",
+                  warmup=2, max_photos=3, ckpt_every=4),
+}
+FAMILIES = {"mse": "", "msssim": "-msssim"}  # distortion -> zoo-name suffix (CompressAI's zoo offers both)
+
+
 def codec_config_for(name: str, beta: float | None = None, N: int | None = None) -> CodecConfig:
-    """The config of a named operating point (C and target bpp from the paper), with optional overrides."""
-    if name not in OPERATING_POINTS:
-        raise UsageError(f"unknown operating point {name!r} (known: {', '.join(OPERATING_POINTS)})")
-    C, bpp = OPERATING_POINTS[name]
+    """The config of a named operating point (C and target bpp from the paper; an -msssim name is the same
+    point trained for MS-SSIM), with optional overrides."""
+    base = name[: -len("-msssim")] if name.endswith("-msssim") else name
+    if base not in OPERATING_POINTS:
+        raise UsageError(f"unknown operating point {name!r} (known: {', '.join(OPERATING_POINTS)}, "
+                         "each also as NAME-msssim)")
+    C, bpp = OPERATING_POINTS[base]
     cfg = CodecConfig(name=name, C=C, target_bpp=bpp)
     if beta is not None:
         cfg.beta = beta
@@ -58,60 +82,81 @@ def codec_config_for(name: str, beta: float | None = None, N: int | None = None)
     return cfg
 
 
+def recipe_config(name: str, recipe: str, **overrides) -> CodecTrainConfig:
+    """The training config of operating point `name` under a recipe (overrides win)."""
+    if recipe not in RECIPES:
+        raise UsageError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+    r = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    codec = codec_config_for(name, N=r.pop("N"))
+    r["distortion"] = "msssim" if name.endswith("-msssim") else "mse"
+    return CodecTrainConfig(codec=codec, **r)
+
+
+def train_all(out_root: str, recipe: str = "gpu", families=("mse",), install: bool = False, progress: bool = True,
+              **overrides) -> list[dict]:
+    """Every operating point of every family, one after the other (one process on a GPU at a time)."""
+    results = []
+    for fam in families:
+        for op in OPERATING_POINTS:
+            name = op + FAMILIES[fam]
+            cfg = recipe_config(name, recipe, **overrides)
+            r = train(cfg, os.path.join(out_root, name), progress=progress, install_as=name if install else None)
+            results.append({"name": name, **r})
+    return results
+
+
 def sigma_at(cfg: CodecTrainConfig, step: int) -> float:
     t = min(1.0, step / max(1, cfg.steps))
     return cfg.codec.sigma * (cfg.sigma_final / cfg.codec.sigma) ** t
 
 
 def lr_at(cfg: CodecTrainConfig, step: int) -> float:
+    if cfg.lr_schedule == "cosine":
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
     return cfg.lr * (0.1 if step >= 0.8 * cfg.steps else 1.0)
 
 
-def load_training_photos(cfg: CodecTrainConfig) -> list[torch.Tensor]:
-    photos = available_photos("train")
-    if cfg.max_photos:
-        photos = photos[: cfg.max_photos]
-    if not photos:
-        raise UsageError("no training photos found (install scikit-image or the Debian wallpaper packages)")
-    out = []
-    for p in photos:
-        a = resize_shorter(p.load(), cfg.photo_side)
-        if min(a.shape[:2]) >= cfg.crop:
-            out.append(torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).contiguous())  # (3, H, W) uint8
-    return out
+def load_training_photos(cfg: CodecTrainConfig, device: str = "cpu") -> list[torch.Tensor]:
+    return codec_data.load_training_photos(cfg.crop, cfg.photo_side, cfg.max_photos, device)
 
 
 def sample_batch(photos: list[torch.Tensor], cfg: CodecTrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """(B, 3, crop, crop) float in [0, 1]; all randomness from `gen`, so resume replays it exactly."""
-    crops = []
-    for _ in range(cfg.batch_size):
-        img = photos[int(torch.randint(len(photos), (1,), generator=gen))]
-        _, h, w = img.shape
-        y = int(torch.randint(h - cfg.crop + 1, (1,), generator=gen))
-        x = int(torch.randint(w - cfg.crop + 1, (1,), generator=gen))
-        c = img[:, y: y + cfg.crop, x: x + cfg.crop]
-        if int(torch.randint(2, (1,), generator=gen)):
-            c = c.flip(-1)
-        crops.append(c)
-    return torch.stack(crops).float() / 255.0
+    return codec_data.sample_batch(photos, cfg.batch_size, cfg.crop, gen, cfg.min_scale)
 
 
-def loss_terms(model: LatentCodec, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    out = model(x)
+def compression_loss(out: dict, x: torch.Tensor, beta: float, target_bits: float) -> dict[str, torch.Tensor]:
+    """Torfason et al. eq. 1: MSE(x, x_hat) on the 0..255 scale + beta * max(H_soft - H_t, 0)."""
     mse255 = F.mse_loss(out["x_hat"].float(), x) * (255.0 ** 2)
-    ht = model.cfg.target_bits_per_symbol
-    rate = torch.relu(out["entropy_soft"] - ht)
-    return {"loss": mse255 + model.cfg.beta * rate, "mse255": mse255, **out}
+    rate = torch.relu(out["entropy_soft"] - target_bits)
+    return {"loss": mse255 + beta * rate, "mse255": mse255, "rate_hinge": rate}
 
 
-def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, progress: bool = True) -> dict:
+def loss_terms(model: LatentCodec, x: torch.Tensor, distortion: str = "mse", msssim_weight: float = 3000.0) -> dict:
+    """The training loss: eq. 1 (MSE), or with (1 - MS-SSIM) as the distortion for the -msssim variants."""
+    out = model(x)
+    c = compression_loss(out, x, model.cfg.beta, model.cfg.target_bits_per_symbol)
+    loss = c["loss"]
+    if distortion == "msssim":
+        loss = msssim_weight * codec_data.msssim_distortion(out["x_hat"], x) + model.cfg.beta * c["rate_hinge"]
+    return {"loss": loss, "mse255": c["mse255"], **out}
+
+
+def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, progress: bool = True,
+          install_as: str | None = None) -> dict:
+    """Train (resuming from out_dir's checkpoint), then write the codec to the file `install_to`, or into the
+    zoo as `install_as` (an earlier codec of that name is kept as NAME@K)."""
     os.makedirs(out_dir, exist_ok=True)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    if cfg.distortion not in ("mse", "msssim") or cfg.lr_schedule not in ("step", "cosine"):
+        raise UsageError("--distortion must be mse or msssim, --lr-schedule step or cosine")
     model = LatentCodec(cfg.codec).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    photos = load_training_photos(cfg)
+    photos = load_training_photos(cfg, device)  # held on the device: the GPU never waits for crops
     step, log, elapsed = 0, [], 0.0
     resolved = {**asdict(cfg), "device_resolved": device, "n_photos": len(photos)}
     if has_checkpoint(out_dir):
@@ -128,9 +173,9 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
         model.quantizer.sigma = sigma_at(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
-        x = sample_batch(photos, cfg, gen).to(device)
+        x = sample_batch(photos, cfg, gen)
         with autocast_for(device):
-            t = loss_terms(model, x)
+            t = loss_terms(model, x, cfg.distortion, cfg.msssim_weight)
         opt.zero_grad(set_to_none=True)
         t["loss"].backward()
         opt.step()
@@ -150,22 +195,47 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
     if bar:
         bar.close()
     result = {"steps": step, "train_seconds": log[-1]["seconds"] if log else 0.0, "device": device}
-    if install_to:
-        model.update(symbol_counts(model, photos, device))  # the frozen entropy model, then the new hash
+    if install_to or install_as:
+        model.update(*symbol_counts(model, photos, device))  # the frozen entropy models, then the new hash
         meta = {**result, "seed": cfg.seed, "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                 "date": time.strftime("%Y-%m-%d"), "n_train_photos": len(photos), "train_config": resolved}
-        result["weights_hash"] = save_codec(model.cpu(), install_to, meta)
+        if install_as:
+            from latentstore.codec.zoo import install_codec
+            model.cfg.name = install_as
+            result["weights_hash"] = install_codec(model.cpu(), install_as, meta)
+        else:
+            result["weights_hash"] = save_codec(model.cpu(), install_to, meta)
     return result
 
 
 @torch.no_grad()
-def symbol_counts(model: LatentCodec, photos: list[torch.Tensor], device: str) -> np.ndarray:
-    """Per-channel symbol counts over the whole training photos: what `model.update` freezes."""
+def symbol_counts(model: LatentCodec, photos: list[torch.Tensor], device: str) -> tuple[np.ndarray, float, np.ndarray]:
+    """(per-channel counts, floor fraction, per-(channel, context) counts) over the whole training photos:
+    what `model.update` freezes into the v1 and v2 tables."""
+    from latentstore.codec.entropy.rans_v2 import context_counts
     model.eval()
-    hist = np.zeros((model.cfg.C, model.cfg.L), dtype=np.int64)
+    C, L = model.cfg.C, model.cfg.L
+    hist, ctx = np.zeros((C, L), dtype=np.int64), np.zeros((C, L + 1, L), dtype=np.int64)
     for img in photos:
-        hist += model.symbols(img.unsqueeze(0).float().to(device) / 255.0)["hard_hist"].cpu().numpy()
-    return hist
+        sym = model.symbols(img.unsqueeze(0).float().to(device) / 255.0)["symbols"].cpu().numpy()
+        hist += np.stack([np.bincount(sym[:, c].ravel(), minlength=L) for c in range(C)])
+        ctx += context_counts(sym, L)
+    return hist, 1e-4, ctx
+
+
+def refit_tables(name: str, max_photos: int = 0) -> str:
+    """Refit a shipped codec's v2 tables on the training photos, in place; the weights hash does not change."""
+    from latentstore.codec.zoo import codec_file, load_codec_file
+    path = codec_file(name)
+    codec = load_codec_file(path)
+    photos = load_training_photos(CodecTrainConfig(codec=codec.cfg, max_photos=max_photos))
+    _, _, ctx = symbol_counts(codec, photos, "cpu")
+    before = codec.hash
+    codec.entropy.rans_tables.copy_(torch.from_numpy(tables_from_counts(ctx).astype(np.int32)))
+    codec.meta = {**codec.meta, "rans_tables": f"fitted on {len(photos)} training photos "
+                  f"(latentstore_train.codec.refit_tables, {time.strftime('%Y-%m-%d')})"}
+    assert save_codec(codec, path) == before, "v2 tables must not change a codec's identity"
+    return path
 
 
 def write_log(out_dir: str, log: list[dict]) -> None:

@@ -1,4 +1,4 @@
-"""Data helpers for the training jobs: stores decoded to RGB (cached); Fashion-MNIST lives in latentstore.data."""
+"""Data helpers for the training jobs: stores decoded to RGB (cached), their masks; Fashion-MNIST lives in latentstore.data."""
 from __future__ import annotations
 
 import hashlib
@@ -41,3 +41,19 @@ def decoded_store(path: str, batch: int = 256) -> tuple[np.ndarray, np.ndarray, 
     np.savez(tmp, images=out, labels=labels, num_classes=len(s.schema.label_names))
     os.replace(tmp, cache)
     return out, labels, len(s.schema.label_names)
+
+
+def store_masks(path: str) -> np.ndarray:
+    """(N, S, S) uint8 class masks of a fixed-size store, in sample order (the order decoded_store's images have);
+    255 where nothing is labelled. A store without masks is a UsageError: it cannot train segmentation."""
+    from latentstore.store import open_store
+    s = require_masks(open_store(path))
+    return np.stack([s.mask(i) for i in range(len(s))])
+
+
+def require_masks(store):
+    """The store, if it holds S x S masks; else a UsageError saying how to make one that does."""
+    from latentstore.errors import UsageError
+    if not store.schema.has_masks or store.mode != "fixed":
+        raise UsageError(f"{store.path}: the store holds no masks (convert a VOC-layout root with --split)")
+    return store

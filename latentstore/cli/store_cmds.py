@@ -26,13 +26,23 @@ from .common import friendly
 @click.option("--shard-id", type=int, default=0, show_default=True, help="this rank (default: torchrun's RANK)")
 @click.option("--max-file-mb", type=int, default=256, show_default=True,
               help="an input file (or tar member) larger than this is recorded as a reject")
+@click.option("--split", default=None,
+              help="SRC is a PASCAL VOC-layout root: convert this split (train, val, trainval, train_aug, or a .txt "
+                   "in ImageSets/Segmentation/), its masks stored beside the latents")
+@click.option("--bitstream", type=click.Choice(["v1", "v2"]), default="v2", show_default=True,
+              help="v2: interleaved rANS with context tables fitted to this store; v1: per-channel ANS")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @friendly
 def convert(src, dst, codec, fmt, size, native, device, batch_size, shard_size, resume, num_shards, shard_id,
-            max_file_mb, quiet):
+            max_file_mb, split, bitstream, quiet):
     """Convert an image dataset SRC into a latent store DST."""
     from ..codec.zoo import DEFAULT_CODEC
     from ..convert.pipeline import ConvertOptions, convert as _convert
+    if split is not None:
+        if native:  # masks are stored at the fixed size only (a masks array of S x S, or S x S .mask.npy)
+            raise UsageError("--native stores no masks: convert a VOC split at a fixed --size")
+        from ..convert.sources import voc_split_source
+        src = voc_split_source(src, split)  # the listing reads ROOT/ImageSets/Segmentation/<split>.txt
     if batch_size < 1 or shard_size < 1 or max_file_mb < 1:
         raise UsageError("--batch-size, --shard-size and --max-file-mb must be >= 1")
     from ..store.validate import MAX_SHARD_SIZE
@@ -40,7 +50,7 @@ def convert(src, dst, codec, fmt, size, native, device, batch_size, shard_size, 
         raise UsageError(f"--shard-size must be <= {MAX_SHARD_SIZE}")
     opts = ConvertOptions(codec=codec or DEFAULT_CODEC, fmt=fmt, size=None if native else size, device=device,
                           batch_size=batch_size, shard_size=shard_size, resume=resume, num_shards=num_shards,
-                          shard_id=shard_id, max_file_mb=max_file_mb, progress=not quiet)
+                          shard_id=shard_id, max_file_mb=max_file_mb, bitstream=bitstream, progress=not quiet)
     click.echo(_convert(src, dst, opts).describe())
 
 
@@ -112,3 +122,18 @@ def decode(store, out_dir, indices):
     for i in tqdm(idx, unit="img", desc="decode", disable=len(idx) < 20):
         save_png(s.decode_rgb(i), os.path.join(out_dir, f"{i:07d}.png"))
     click.echo(f"wrote {len(idx)} PNGs to {out_dir}")
+
+
+@main.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--bitstream", type=click.Choice(["v1", "v2"]), default="v2", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default=None, help="[default: SRC's]")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@friendly
+def recode(src, dst, bitstream, fmt, quiet):
+    """Re-entropy-code store SRC into DST from its symbols alone (no image is re-encoded)."""
+    from ..convert.recode import recode as _recode
+    from ..store.info import format_info, info
+    _recode(src, dst, bitstream, fmt, progress=not quiet)
+    click.echo(format_info(info(dst)))

@@ -1,11 +1,17 @@
-"""One image as a numpy array in, bytes out, and back: the convenience layer over LatentCodec."""
+"""One image in, bytes out, and back: the convenience layer over LatentCodec.
+
+Images are (H, W, 3) uint8 numpy arrays or PIL images (any mode: converted as data.imageio.to_rgb8
+does for files). Large images are coded in tiles (codec/tiling.py): the same symbols and bytes as
+whole-image coding, in memory that scales with the tile, not the image.
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..errors import BitstreamError
+from ..errors import BitstreamError, UsageError
 from . import bitstream as bs
+from . import tiling
 from .model import DEFAULT_CODER, LatentCodec
 from .zoo import find_codec_by_hash, load_codec
 
@@ -21,14 +27,17 @@ def tensor_to_rgb(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def image_symbols(codec: LatentCodec, rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (C, ceil(H/8), ceil(W/8)) uint8 symbols."""
-    return codec.symbols(rgb_to_tensor(rgb).to(codec.device))["symbols"][0].cpu().numpy()
+def image_symbols(codec: LatentCodec, rgb: np.ndarray, tile: int | None = None, progress: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 -> (C, ceil(H/8), ceil(W/8)) uint8 symbols (large images tile by tile, never whole as floats)."""
+    return tiling.rgb_symbols(codec, rgb, tile, progress)
 
 
-def compress(rgb: np.ndarray, codec: LatentCodec | str, coder: str = DEFAULT_CODER) -> bytes:
+def compress(rgb, codec: LatentCodec | str, coder: str = DEFAULT_CODER, tile: int | None = None,
+             progress: bool = False) -> bytes:
+    """One image (uint8 array or PIL image) -> a complete bitstream. `tile`: see codec/tiling.py."""
     codec = load_codec(codec) if isinstance(codec, str) else codec
-    return codec.pack(image_symbols(codec, rgb), rgb.shape[:2], coder)
+    rgb = tiling.as_rgb8(rgb)
+    return codec.pack(image_symbols(codec, rgb, tile, progress), rgb.shape[:2], coder)
 
 
 def codec_for(data: bytes, codec: LatentCodec | str | None = None) -> LatentCodec:
@@ -45,11 +54,18 @@ def codec_for(data: bytes, codec: LatentCodec | str | None = None) -> LatentCode
     return found
 
 
-def symbols_to_rgb(codec: LatentCodec, symbols: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return tensor_to_rgb(codec.reconstruct(torch.from_numpy(np.ascontiguousarray(symbols)).unsqueeze(0), size))
+def symbols_to_rgb(codec: LatentCodec, symbols: np.ndarray, size: tuple[int, int], tile: int | None = None,
+                   progress: bool = False) -> np.ndarray:
+    """(C, h, w) uint8 symbols -> (H, W, 3) uint8 pixels (large images tile by tile, never whole as floats)."""
+    return tiling.symbols_rgb(codec, symbols, size, tile, progress)
 
 
-def decompress(data: bytes, codec: LatentCodec | str | None = None) -> np.ndarray:
+def decompress(data: bytes, codec: LatentCodec | str | None = None, tile: int | None = None,
+               progress: bool = False) -> np.ndarray:
+    """A bitstream -> (H, W, 3) uint8, by the codec given or the shipped one its header names."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UsageError(f"expected the bytes of a bitstream, got {type(data).__name__}")
+    data = bytes(data)
     codec = codec_for(data, codec)
     header, symbols = codec.parse(data)
-    return symbols_to_rgb(codec, symbols, (header.H, header.W))
+    return symbols_to_rgb(codec, symbols, (header.H, header.W), tile, progress)

@@ -12,8 +12,20 @@ Version 1 layout (little-endian), whose payload is `latentstore.ans` (uint32 ANS
     n_words    u32  payload length in 32-bit words
     crc32      u32  of the payload
     payload    n_words x u32
-The version byte selects the entropy coder (codec/entropy/registry.py), so `unpack` needs nothing
-but the bytes; checking that the codec is the right one is the caller's job (LatentCodec.parse).
+Version 2 layout, whose payload is `latentstore.rans` (interleaved lanes, self-delimiting):
+    magic      2s   b"LS"
+    version    u8   2
+    hash       8s   the codec's weights hash
+    C, L, h, w, H, W   unsigned LEB128 varints (usually 8 bytes in all)
+    crc32      u32  zlib.crc32(payload, crc32 of the coding tables): damage, and bytes coded with other
+                    tables than the decoder's, both fail it
+    payload
+v2 drops v1's codec name (the hash identifies the codec) and its word count (the payload runs to the
+end): 23 bytes of container at 256 px instead of ~47, which matters at 0.1 bpp (~570-byte images).
+
+The version selects the entropy coder (codec/entropy/registry.py), so `unpack` needs nothing but the
+bytes; checking that the codec (and its tables) are the right ones is the caller's job
+(LatentCodec.parse, store/backends/base.decode_bitstream).
 """
 from __future__ import annotations
 
@@ -24,13 +36,15 @@ from dataclasses import dataclass
 from ..errors import BitstreamError
 
 MAGIC = b"LSB1"
+MAGIC_V2 = b"LS\x02"
 _FIXED = struct.Struct("<4sBBHHHII")  # magic, version, L, C, h, w, H, W
 _TAIL_V1 = struct.Struct("<8sII")  # hash, n_words, crc32
+MAX_VARINT_BYTES = 5
 
 
 @dataclass(frozen=True)
 class Header:
-    codec_id: str
+    codec_id: str  # v1 only ("" in v2: the hash identifies the codec)
     weights_hash: str  # 16 hex digits
     C: int
     L: int
@@ -39,13 +53,25 @@ class Header:
     H: int  # original height in pixels
     W: int  # original width
     version: int = 1  # bitstream version: selects the entropy coder
+    crc: int = 0  # v2: the payload CRC (seeded with the tables' crc32), checked by check_crc once tables are known
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.C, self.h, self.w
 
 
-def pack(header: Header, payload: bytes) -> bytes:
+def tables_crc(tables) -> int:
+    """crc32 of a coding table's bytes (uint16, C-order): seeds a v2 bitstream's payload CRC."""
+    import numpy as np
+    return zlib.crc32(np.ascontiguousarray(tables, dtype="<u2").tobytes())
+
+
+def pack(header: Header, payload: bytes, tables=None) -> bytes:
+    """Header + payload; v2 needs the coding `tables`, which seed its payload CRC."""
+    if header.version == 2:
+        fields = b"".join(_varint(v) for v in (header.C, header.L, header.h, header.w, header.H, header.W))
+        return b"".join([MAGIC_V2, bytes.fromhex(header.weights_hash), fields,
+                         struct.pack("<I", zlib.crc32(payload, tables_crc(tables))), payload])
     if header.version != 1:
         raise ValueError(f"bitstream version {header.version} has no container writer here")
     if len(payload) % 4:
@@ -62,7 +88,10 @@ def pack(header: Header, payload: bytes) -> bytes:
 
 
 def unpack(data: bytes) -> tuple[Header, bytes]:
-    """Parse and check a bitstream; any damage is a BitstreamError naming what is wrong."""
+    """Parse and check a bitstream; any damage is a BitstreamError naming what is wrong.
+    v1's CRC is checked here; v2's needs the decoder's tables: call check_crc(header, payload, tables)."""
+    if data[:3] == MAGIC_V2:
+        return _unpack_v2(data)
     if len(data) < _FIXED.size + 1 + _TAIL_V1.size:
         raise BitstreamError(f"bitstream is truncated ({len(data)} bytes, shorter than a header)")
     magic, version, L, C, h, w, H, W = _FIXED.unpack_from(data, 0)
@@ -93,10 +122,58 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     return Header(codec_id, hraw.hex(), C, L, h, w, H, W, version), payload
 
 
+def check_crc(header: Header, payload: bytes, tables) -> None:
+    """v2: the payload CRC, seeded with the crc32 of the tables the decoder is about to use."""
+    if header.version == 2 and zlib.crc32(payload, tables_crc(tables)) != header.crc:
+        raise BitstreamError("bitstream payload is corrupt, or was coded with other tables than the decoder's "
+                             "(CRC mismatch)")
+
+
+def _unpack_v2(data: bytes) -> tuple[Header, bytes]:
+    off = len(MAGIC_V2) + 8
+    if len(data) < off:
+        raise BitstreamError(f"bitstream is truncated ({len(data)} bytes, shorter than a header)")
+    values = []
+    for _ in range(6):
+        v, off = _read_varint(data, off)
+        values.append(v)
+    if len(data) < off + 4:
+        raise BitstreamError("bitstream is truncated inside its header")
+    C, L, h, w, H, W = values
+    if not (1 <= C <= 65535 and 2 <= L <= 255 and 1 <= h <= 65535 and 1 <= w <= 65535):
+        raise BitstreamError("bitstream header is corrupt (shape out of range)")
+    (crc,) = struct.unpack_from("<I", data, off)
+    check_grid(h, w, H, W)
+    return Header("", data[3:11].hex(), C, L, h, w, H, W, 2, crc), bytes(data[off + 4:])
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, off: int) -> tuple[int, int]:
+    v = 0
+    for i in range(MAX_VARINT_BYTES):
+        if off + i >= len(data):
+            raise BitstreamError("bitstream is truncated inside its header")
+        b = data[off + i]
+        v |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            return v, off + i + 1
+    raise BitstreamError("bitstream header is corrupt (over-long varint)")
+
+
 def payload_size(data: bytes) -> int:
     """Bytes of entropy-coded payload in a bitstream (its length minus the container header)."""
+    if data[:3] == MAGIC_V2:
+        return len(_unpack_v2(data)[1])
     if len(data) < _FIXED.size + 1 or data[4] != 1:
-        raise BitstreamError("not a version 1 bitstream")
+        raise BitstreamError("not a latentstore bitstream")
     return len(data) - (_FIXED.size + 1 + data[_FIXED.size] + _TAIL_V1.size)
 
 

@@ -26,7 +26,10 @@ from .entropy import get_coder
 from .networks import Decoder, Encoder
 from .quantizer import SoftToHardQuantizer
 
-DEFAULT_CODER = "latentstore.ans"  # the entropy coder compress() uses unless told otherwise
+DEFAULT_CODER = "latentstore.rans"  # the entropy coder compress() uses unless told otherwise (bitstream v2)
+# Coding tables refitted per codec file and per store; not part of the codec's identity (a v2 bitstream's
+# CRC is seeded with its tables' crc32 instead), so refitting them never orphans a store or a bitstream.
+UNHASHED_STATE = ("entropy.rans_tables",)
 
 
 @dataclass
@@ -58,7 +61,7 @@ class CodecConfig:
 def weights_hash(state: dict[str, torch.Tensor]) -> str:
     """First 16 hex digits of a sha256 over the tensors in name order: the codec's identity."""
     h = hashlib.sha256()
-    for k in sorted(state):
+    for k in sorted(k for k in state if k not in UNHASHED_STATE):
         t = state[k].detach().cpu().contiguous()
         h.update(k.encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
@@ -73,20 +76,40 @@ def floor_frequencies(hist: np.ndarray, floor_fraction: float = 1e-4) -> np.ndar
 
 
 class EntropyModel(nn.Module):
-    """The frozen per-channel symbol model: (C, L) int64 counts, every one > 0 (state key 'entropy.freqs')."""
+    """The frozen symbol models the coders use:
+    freqs        (C, L) int64 counts, every one > 0: `latentstore.ans` (v1), part of the codec's identity;
+    rans_tables  (C, L+1, L) 12-bit counts conditioned on the symbol above: `latentstore.rans` (v2), the
+                 fallback tables of bitstreams outside a store (a store fits its own). A codec file without
+                 them (made before v2) gets tables derived from `freqs`, context-free."""
 
     def __init__(self, C: int, L: int):
         super().__init__()
         self.register_buffer("freqs", torch.ones(C, L, dtype=torch.int64))
+        self.register_buffer("rans_tables", torch.from_numpy(context_free_tables(np.ones((C, L), np.int64))))
 
-    def update(self, counts, floor_fraction: float = 1e-4) -> None:
+    def update(self, counts, floor_fraction: float = 1e-4, context_counts: np.ndarray | None = None) -> None:
+        """New v1 counts (C, L); new v2 tables from (C, L+1, L) context counts when given, else from the counts."""
+        from .entropy.rans_v2 import tables_from_counts
         self.freqs.copy_(torch.as_tensor(floor_frequencies(np.asarray(counts), floor_fraction)))
+        fitted = tables_from_counts(context_counts) if context_counts is not None else \
+            context_free_tables(self.freqs.cpu().numpy())
+        self.rans_tables.copy_(torch.from_numpy(fitted.astype(np.int32)))
 
     def tables(self, coder_id: str):
         """What coder `coder_id` codes with."""
         if coder_id == "latentstore.ans":
             return self.freqs.cpu().numpy()
+        if coder_id == "latentstore.rans":
+            return self.rans_tables.cpu().numpy().astype(np.uint16)
         raise BitstreamError(f"codec has no tables for entropy coder {coder_id!r}")
+
+
+def context_free_tables(freqs: np.ndarray) -> np.ndarray:
+    """v2 tables that ignore the context: each channel's v1 counts at 12 bits, for all L+1 contexts."""
+    from .entropy.rans_v2 import quantize_row
+    C, L = freqs.shape
+    rows = np.stack([quantize_row(np.asarray(f, np.float64)) for f in freqs])  # (C, L)
+    return np.repeat(rows[:, None, :], L + 1, axis=1).astype(np.int32)
 
 
 class LatentCodec(nn.Module):
@@ -132,10 +155,11 @@ class LatentCodec(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
-    def update(self, counts=None, floor_fraction: float = 1e-4) -> str:
-        """Rebuild the coding tables (from symbol counts, when given) and the hash; returns the hash."""
+    def update(self, counts=None, floor_fraction: float = 1e-4, context_counts=None) -> str:
+        """Rebuild the coding tables (from (C, L) symbol counts and, for v2, (C, L+1, L) context counts, when
+        given) and the hash; returns the hash."""
         if counts is not None:
-            self.entropy.update(counts, floor_fraction)
+            self.entropy.update(counts, floor_fraction, context_counts)
         self._hash = None
         return self.hash
 
@@ -173,51 +197,77 @@ class LatentCodec(nn.Module):
 
     # ------------------------------------------------------------------- symbols and bytes
     @torch.no_grad()
-    def symbols(self, x01: torch.Tensor) -> dict[str, torch.Tensor]:
+    def symbols(self, x01: torch.Tensor, tile: int | None = None) -> dict[str, torch.Tensor]:
         """(B, 3, H, W) in [0, 1] -> {'symbols': uint8 (B, C, h, w), 'hard_hist': int64 (C, L)}.
 
         The one path from pixels to symbols (compress and conversion alike): the encoder's last bias
-        is added inside the symbol kernel, and z goes in its own dtype (bf16 under autocast)."""
+        is added inside the symbol kernel, and z goes in its own dtype (bf16 under autocast).
+        Images over tiling.TILE_ABOVE_PIXELS pixels are encoded in tiles (same symbols, bounded
+        memory); `tile` sets the tile side in pixels (0: never tile; None: LATENTSTORE_TILE or default)."""
+        from . import tiling
+        if tiling.wants_tiles(x01.shape[-2:], tile, self.device):
+            return tiling.symbols_tiled(self, x01, tile)
         z, bias = self.encoder.forward_unbiased(self.normalise(self.pad8(x01)))
         return K.symbols(z, self.quantizer.centres.detach(), bias.detach())
 
     @torch.no_grad()
-    def reconstruct(self, symbols: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """uint8 (B, C, h, w) symbols -> (B, 3, H, W) in [0, 1]."""
+    def reconstruct(self, symbols: torch.Tensor, size: tuple[int, int] | None = None,
+                    tile: int | None = None) -> torch.Tensor:
+        """uint8 (B, C, h, w) symbols -> (B, 3, H, W) in [0, 1]. Large images are decoded in tiles
+        (same pixels, bounded memory); `tile` as in `symbols`."""
+        from . import tiling
+        full = (8 * symbols.shape[-2], 8 * symbols.shape[-1])
+        if tiling.wants_tiles(size or full, tile, self.device):
+            return tiling.reconstruct_tiled(self, symbols, size or full, tile)
         return self.decode(self.quantizer.dequantize(symbols.to(self.device)), size)
 
-    def pack(self, symbols: np.ndarray, size: tuple[int, int], coder: str = DEFAULT_CODER) -> bytes:
-        """Entropy-code (C, h, w) symbols of an image of `size` (H, W) into a complete bitstream."""
+    def pack(self, symbols: np.ndarray, size: tuple[int, int], coder: str = DEFAULT_CODER, tables=None) -> bytes:
+        """Entropy-code (C, h, w) symbols of an image of `size` (H, W) into a complete bitstream.
+        `tables`: the coder's tables to use instead of the codec's own (a store's fitted tables)."""
         C, h, w = symbols.shape
         c = get_coder(coder)
+        tables = self.entropy.tables(c.id) if tables is None else tables
         header = bs.Header(self.name, self.hash, C, self.cfg.L, h, w, int(size[0]), int(size[1]), c.bitstream_version)
-        return bs.pack(header, c.encode(np.ascontiguousarray(symbols, dtype=np.uint8), self.entropy.tables(c.id)))
+        return bs.pack(header, c.encode(np.ascontiguousarray(symbols, dtype=np.uint8), tables), tables)
 
-    def parse(self, data: bytes) -> tuple[bs.Header, np.ndarray]:
+    def parse(self, data: bytes, tables=None) -> tuple[bs.Header, np.ndarray]:
         """A bitstream of this codec -> (header, (C, h, w) uint8 symbols); anything else is a BitstreamError."""
         from .entropy import coder_for_version
         header, payload = bs.unpack(data)
-        if (header.codec_id, header.weights_hash) != (self.name, self.hash):
-            raise BitstreamError(f"bitstream was made by codec {header.codec_id!r} (weights {header.weights_hash}), "
-                                 f"not {self.name!r} (weights {self.hash})")
+        if header.weights_hash != self.hash or (header.codec_id and header.codec_id != self.name):
+            made_by = f"codec {header.codec_id!r} (weights {header.weights_hash})" if header.codec_id else \
+                f"the codec with weights {header.weights_hash}"
+            raise BitstreamError(f"bitstream was made by {made_by}, not {self.name!r} (weights {self.hash})")
         if (header.C, header.L) != (self.cfg.C, self.cfg.L):
             raise BitstreamError("bitstream header is corrupt (C or L differs from the codec's)")
         c = coder_for_version(header.version)
-        symbols = c.decode(payload, self.entropy.tables(c.id), header.shape)
+        tables = self.entropy.tables(c.id) if tables is None else tables
+        bs.check_crc(header, payload, tables)
+        symbols = c.decode(payload, tables, header.shape)
         if symbols.max(initial=0) >= self.cfg.L:
             raise BitstreamError("bitstream decoded to out-of-range symbols (corrupt)")
         return header, symbols
 
     @torch.no_grad()
-    def compress(self, x01: torch.Tensor, coder: str = DEFAULT_CODER) -> dict:
-        """(B, 3, H, W) in [0, 1] -> {'strings': B complete bitstreams, 'shape': (H, W)}."""
+    def compress(self, x01, coder: str = DEFAULT_CODER):
+        """(B, 3, H, W) tensor in [0, 1] -> {'strings': B complete bitstreams, 'shape': (H, W)} (CompressAI's
+        convention). One image as an (H, W, 3) uint8 array or a PIL image -> its bitstream (bytes)."""
+        if not torch.is_tensor(x01):
+            from .tiling import as_rgb8, rgb_symbols
+            rgb = as_rgb8(x01)
+            return self.pack(rgb_symbols(self, rgb), rgb.shape[:2], coder)
         H, W = x01.shape[-2:]
         sym = self.symbols(x01.to(self.device))["symbols"].cpu().numpy()
         return {"strings": [self.pack(s, (H, W), coder) for s in sym], "shape": (H, W)}
 
     @torch.no_grad()
-    def decompress(self, strings: list[bytes]) -> dict:
-        """Bitstreams of one image size -> {'x_hat': (B, 3, H, W) in [0, 1]}."""
+    def decompress(self, strings):
+        """Bitstreams of one image size -> {'x_hat': (B, 3, H, W) in [0, 1]} (CompressAI's convention).
+        One bitstream (bytes) -> its image as an (H, W, 3) uint8 array."""
+        if isinstance(strings, (bytes, bytearray, memoryview)):
+            from .tiling import symbols_rgb
+            header, sym = self.parse(bytes(strings))
+            return symbols_rgb(self, sym, (header.H, header.W))
         parsed = [self.parse(s) for s in strings]
         sizes = {(h.H, h.W) for h, _ in parsed}
         if len(sizes) > 1:

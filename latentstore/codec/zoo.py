@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import UsageError
-from .model import CodecConfig, LatentCodec, weights_hash
+from .model import CodecConfig, LatentCodec, context_free_tables, weights_hash
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights")
 CODEC_FORMAT = "latentstore.codec/1"
@@ -53,6 +53,8 @@ def load_codec_file(path: str, device: str | torch.device = "cpu") -> LatentCode
         raise UsageError(f"{path}: weights hash {h} does not match the recorded {md.get('weights_hash')} (corrupt file)")
     try:
         model = LatentCodec(CodecConfig.from_json(md["config"]))
+        if "entropy.rans_tables" not in state:  # a codec file from before bitstream v2
+            state["entropy.rans_tables"] = torch.from_numpy(context_free_tables(state["entropy.freqs"].numpy()))
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise UsageError(f"{path}: codec file does not fit its config ({str(e).splitlines()[0]})") from None
@@ -62,11 +64,19 @@ def load_codec_file(path: str, device: str | torch.device = "cpu") -> LatentCode
 
 
 def available_codecs() -> list[str]:
+    """Zoo names, the paper's operating points first by rate, each followed by its -msssim variant, then
+    earlier versions (NAME@1, ...), then anything else."""
     if not os.path.isdir(WEIGHTS_DIR):
         return []
     names = [f[: -len(".safetensors")] for f in os.listdir(WEIGHTS_DIR) if f.endswith(".safetensors")]
-    order = list(OPERATING_POINTS)  # the paper's operating points first, by rate
-    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+    order = list(OPERATING_POINTS)
+
+    def key(n: str):
+        base, _, version = n.partition("@")
+        point = base[: -len("-msssim")] if base.endswith("-msssim") else base
+        return (order.index(point) if point in order else len(order), point, base.endswith("-msssim"),
+                int(version) if version.isdigit() else 0, n)
+    return sorted(names, key=key)
 
 
 def codec_file(name_or_path: str) -> str:
@@ -95,9 +105,27 @@ def load_codec(name_or_path: str, device: str | torch.device = "cpu") -> LatentC
 
 
 def find_codec_by_hash(codec_id: str, h: str) -> LatentCodec | None:
-    """The shipped codec whose name and weights hash match a bitstream header, if any."""
-    if codec_id in available_codecs():
-        c = load_codec(codec_id)
+    """The shipped codec whose weights hash matches a bitstream header's, among those of the header's name and
+    its earlier versions (`ls-c32`, `ls-c32@1`, ...) when the header names one (v1), else among all."""
+    names = [n for n in available_codecs() if not codec_id or n.split("@")[0] == codec_id]
+    for name in names:
+        c = load_codec(name)
         if c.hash == h:
             return c
     return None
+
+
+def install_codec(model: LatentCodec, name: str, meta: dict | None = None) -> str:
+    """Write `model` as the shipped codec `name`. A different codec of that name is kept as `name@K` (the
+    next free K), so stores and bitstreams it made still find it; installing the same weights again is a no-op
+    for the old file. Returns the weights hash."""
+    path = os.path.join(WEIGHTS_DIR, f"{name}.safetensors")
+    if os.path.exists(path):
+        old = load_codec_file(path)
+        if old.hash != model.update():
+            k = 1
+            while os.path.exists(os.path.join(WEIGHTS_DIR, f"{name}@{k}.safetensors")):
+                k += 1
+            os.replace(path, os.path.join(WEIGHTS_DIR, f"{name}@{k}.safetensors"))
+    _load_cached.cache_clear()
+    return save_codec(model, path, meta)

@@ -1,14 +1,20 @@
-"""One-shot conversion: an image dataset -> an entropy-coded latent store.
+"""One-shot conversion: an image dataset -> an entropy-coded latent store. One code path for the CPU and the GPU.
 
-Stages, overlapped with threads (DALI and torch release the GIL):
-    reader thread : read bytes -> screen -> DALI decode + resize/crop (or Pillow + the same resize)
-    main thread   : normalise -> encoder (bf16 on CUDA) -> fused symbols + histogram kernel -> host
-    coder pool    : ANS entropy coding of each sample's bitstream (WebDataset and native Zarr)
-    writer thread : shard files + the shard's part record, committed atomically
-So decode of batch k+1, encode of batch k and the write of the previous shard run together.
+Stages, overlapped with threads (DALI, torch and numba release the GIL):
+    reader threads: read bytes and screen headers, one batch ahead of the decoder
+    reader thread : DALI decode + resize/crop (or Pillow + the same resize); on CUDA the hardware JPEG
+                    decoder, GPU resize/crop, and a DLPack hand-off: the pixels stay on the GPU
+    main thread   : encoder (bf16 channels_last on CUDA) -> fused symbols + histogram kernel; on CUDA also the
+                    v2 rANS encoder (a side stream), so that only compressed bytes reach the host (encode.py)
+    writer thread : the shard's payloads (numba rANS over the whole shard on the CPU; assembly of the GPU's
+                    lanes), then its files written directly (fixed-size Zarr) and its part record, committed
+So reading batch k+2, decoding k+1, encoding k and coding + writing the previous shard run together; the
+main thread finishes a batch only after it has launched the next one (double buffering: the GPU is never
+left waiting for the host).
 
 Work is cut into shards of `shard_size` inputs (see store.writer): a rank takes shards
 k = shard_id, shard_id + num_shards, ...; a resumed run skips committed shards and redoes the rest.
+Batches never cross a shard, so a shard's bytes depend on its inputs and options alone (resume, ranks).
 """
 from __future__ import annotations
 
@@ -20,17 +26,22 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from ..codec.zoo import codec_file, load_codec
-from ..device import autocast_for, resolve_device
-from ..errors import BadImageError, UsageError
+from ..device import resolve_device
+from ..errors import UsageError
 from ..store.lock import LOCK_DIR
 from ..store.schema import StoreSchema
-from ..store.writer import Sample, StoreWriter, finalize_store
-from .decode import DaliImageStage, Screened, dali_error_reason, screen
+from ..store.writer import StoreWriter, finalize_store
+from .decode import DaliImageStage, decode_batch, read_screened
+from .encode import RANS, EncodedBatch, Encoder
+from .shards import ShardWriter, code_and_write, make_samples
 from .sources import InputItem, list_inputs
+
+CODERS = {"v1": "latentstore.ans", "v2": RANS}  # --bitstream -> entropy coder
+GPU_MIN_BATCH = 256  # on CUDA, images per decode and encoder batch at least: the hardware decoder, the encoder
+# and the rANS lanes (images x 16) all want that many in flight (issue #11: 40k img/s encoder ceiling at 256)
 
 
 @dataclass
@@ -39,7 +50,7 @@ class ConvertOptions:
     fmt: str = "zarr"  # zarr | wds
     size: int | None = 256  # fixed-size side S (multiple of 8); None = native size
     device: str = "auto"  # auto | cpu | cuda
-    batch_size: int = 32  # images per encoder batch
+    batch_size: int = 32  # images per decode and encoder batch (on CUDA at least GPU_MIN_BATCH)
     shard_size: int = 256  # inputs per shard (the unit of commit and of resume)
     resume: bool = False  # continue an interrupted conversion into an existing DST
     num_shards: int = 1  # world size of a rank-sharded conversion
@@ -48,6 +59,10 @@ class ConvertOptions:
     progress: bool = True  # show a progress bar
     max_shards: int = 0  # stop after this many shards (0: all); for benchmarks and tests
     max_file_mb: int = 256  # an input file (or tar member) larger than this is a reject, not a memory blow-up
+    bitstream: str = "v2"  # v2: latentstore.rans with tables fitted to the store; v1: latentstore.ans
+    entropy: str = "auto"  # v2 coder: auto (Triton on CUDA, numba on the CPU), triton, numba: the same bytes
+    encoder: str = "eager"  # eager | compile (torch.compile, fixed size; other float rounding: kept in the policy)
+    reader_threads: int = 4  # threads reading and screening the next batch's files
 
 
 @dataclass
@@ -59,7 +74,7 @@ class ConvertSummary:
     shards_written: int = 0
     shards_skipped: int = 0  # already committed (resume)
     wall_s: float = 0.0
-    stage_s: dict = field(default_factory=dict)  # seconds per stage (decode, encode, code, write)
+    stage_s: dict = field(default_factory=dict)  # seconds per stage (decode, encode, code, write, fit)
     finalized: bool = False
     schema: StoreSchema | None = None
 
@@ -104,10 +119,15 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
         raise UsageError(f"--format must be zarr or wds (got {opts.fmt!r})")
     if opts.size is not None and (opts.size < 8 or opts.size % 8):
         raise UsageError(f"--size must be a positive multiple of 8 (got {opts.size})")
+    if opts.entropy not in ("auto", "triton", "numba") or opts.encoder not in ("eager", "compile"):
+        raise UsageError(f"entropy must be auto, triton or numba and encoder eager or compile "
+                         f"(got {opts.entropy!r}, {opts.encoder!r})")
     rank, world = resolve_rank(opts)
     codec = load_codec(opts.codec)
     listing = list_inputs(src)
     device = resolve_device(opts.device)
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process of a node
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     if rank == 0 and not opts.resume and os.path.exists(dst) and os.listdir(dst) != [LOCK_DIR]:
         raise UsageError(f"{dst} exists; pass --resume to continue it, or choose a new destination")  # before any work
 
@@ -123,17 +143,38 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
         inputs_sha256=listing.sha256(), name=os.path.basename(os.path.normpath(dst)).split(".")[0] or "latents",
         has_masks=any(it.mask for it in listing.items) and opts.size is not None,
     )
-    writer = StoreWriter.open(dst, schema, codec_file(opts.codec), opts.resume, rank, world)
+    coder = CODERS.get(opts.bitstream)
+    if coder is None:
+        raise UsageError(f"--bitstream must be v1 or v2 (got {opts.bitstream!r})")
+    schema.codec["coder"] = coder
+    compiled = opts.encoder == "compile" and opts.size is not None
+    if compiled:  # other float rounding than eager: a resume must not mix the two (the policy is compared)
+        schema.policy["encoder"] = "torch.compile"
+    # on CUDA the GPU wants big batches; batches stay inside shards (resume and ranks redo whole shards)
+    batch = max(opts.batch_size, GPU_MIN_BATCH) if device == "cuda" else opts.batch_size
+    model = copy.deepcopy(codec).to(device).to(memory_format=torch.channels_last)  # a copy: the zoo's stays as is
+    stage = DaliImageStage(opts.size, batch, device, _dali_threads(device))
+    enc = Encoder(model, device, schema, opts.entropy, compiled)
+    ready: dict = {}  # batches the table fit already encoded, by their slots (see _fit_tables)
+    stats = {"decode": 0.0, "encode": 0.0, "code": 0.0, "write": 0.0, "fit": 0.0}  # seconds; the fit's own
+    # decoding and encoding count in decode and encode too
+    # rank 0 fits the store's tables once, when it creates the store; other ranks and resumes read them
+    on_create = (lambda sch: _fit_tables(sch, listing.items, enc, stage, batch, opts, ready, stats)) \
+        if coder == RANS else None
+    writer = ShardWriter.open(dst, schema, codec_file(opts.codec), opts.resume, rank, world, on_create=on_create)
     try:
         if rank == 0 and listing.notes:
             writer.record_notes(listing.notes)  # not inputs, but worth keeping (an empty class folder)
+        if coder == RANS:
+            from ..store.backends import schema_tables
+            enc.set_tables(schema_tables(writer.schema, RANS))
         done = writer.committed()
         mine = [k for k in range(schema.num_shards) if k % world == rank]
         todo = [k for k in mine if k not in done]
         if opts.max_shards:
             todo = todo[: opts.max_shards]
         summary = ConvertSummary(dst, shards_skipped=len(mine) - len(todo))
-        _run_shards(listing.items, todo, writer, codec, device, opts, summary)
+        _run_shards(listing.items, todo, writer, enc, stage, batch, opts, summary, ready, stats)
         summary.wall_s = time.time() - t_start
         if world == 1 and not opts.max_shards:
             summary.schema = finalize_store(dst)
@@ -143,161 +184,150 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
     return summary
 
 
-def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, codec, device: str,
-                opts: ConvertOptions, summary: ConvertSummary) -> None:
-    schema = writer.schema
-    # channels_last: 1.4x faster convolutions on x86 CPUs (oneDNN) and the layout tensor cores want
-    # (a copy: the zoo caches codecs, and compress() elsewhere must keep its own layout and bytes)
-    model = copy.deepcopy(codec).to(device).to(memory_format=torch.channels_last)
-    stage = DaliImageStage(opts.size, opts.batch_size, device)
-    stats = {"decode": 0.0, "encode": 0.0, "code": 0.0, "write": 0.0}
-    total = sum(len(writer.shard_slots(k)) for k in todo)
-    bar = None
-    if opts.progress and total:
-        from tqdm import tqdm
-        bar = tqdm(total=total, unit="img", desc="convert", smoothing=0.1)
+def _dali_threads(device: str) -> int:
+    """DALI's CPU threads: 2 on the CPU path (the encoder wants the cores); on CUDA enough for the hardware
+    decoder's host side and the Huffman decoding of what it does not take."""
+    return 2 if device != "cuda" else min(8, max(2, (os.cpu_count() or 2) // 2))
 
-    # -------------------------------------------------------------- reader thread: decode
+
+def _fit_tables(schema: StoreSchema, items: list[InputItem], enc: Encoder, stage, batch: int, opts: ConvertOptions,
+                ready: dict, stats: dict) -> None:
+    """The store's v2 tables, from a seeded sample of its inputs, into the schema it is created with. When the
+    sample is every input (stores of up to FIT_SAMPLES inputs), its batches are [0, B), [B, 2B), ...: the main
+    run's own batches wherever shards split into whole batches, and the same inputs through the same encoder
+    give the same symbols, so those batches are kept in `ready` instead of being encoded twice (on the CPU,
+    where the encoder is nearly all of the time; the GPU path codes every batch on the device instead)."""
+    from .tables import fit_sample, fit_store_tables, recorded
+    slots = fit_sample(len(items))
+    keep = len(slots) == len(items) and not enc.gpu_coding
+    last: dict = {}
+    t_fit = time.time()
+    order = [tuple(slots[b0: b0 + batch]) for b0 in range(0, len(slots), batch)]  # fit_store_tables' batches
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="fit-read")
+    futs: dict = {}
+
+    def decode(b):  # decodes the next batch on a thread while this one is encoded, as the main run does
+        t0, key = time.time(), tuple(b)
+        fut = futs.pop(key, None) or ahead.submit(decode_batch, items, b, stage, opts.max_file_mb << 20)
+        nxt = order.index(key) + 1 if key in order else len(order)
+        if nxt < len(order):
+            futs[order[nxt]] = ahead.submit(decode_batch, items, list(order[nxt]), stage, opts.max_file_mb << 20)
+        last["key"], (ok, last["rejects"]) = key, fut.result()
+        stats["decode"] += time.time() - t0
+        return ok, last["rejects"]
+
+    def encode(ok):
+        t0 = time.time()
+        batches = enc.finish(enc.launch(ok, host=True, pad_to=batch))
+        if keep:
+            ready[last["key"]] = (batches, last["rejects"])
+        stats["encode"] += time.time() - t0
+        return [(slot, b.symbols[i], b.metas[i]) for b in batches for i, slot in enumerate(b.slots)], None
+
+    try:
+        schema.codec["rans_tables"] = fit_store_tables(slots, decode, encode, schema.codec["C"], schema.codec["L"],
+                                                       batch).tolist()
+    finally:
+        ahead.shutdown(wait=True)
+    schema.codec["rans_tables_fit"] = recorded(len(slots))
+    stats["fit"] += time.time() - t_fit
+
+
+def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, enc: Encoder, stage, batch: int,
+                opts: ConvertOptions, summary: ConvertSummary, ready: dict, stats: dict) -> None:
+    schema = writer.schema
+    plan = [(k, b0 + batch >= len(sl), sl[b0: b0 + batch]) for k in todo for sl in [list(writer.shard_slots(k))]
+            for b0 in range(0, len(sl), batch)]
+    bar = None
+    if opts.progress and plan:
+        from tqdm import tqdm
+        bar = tqdm(total=sum(len(p[2]) for p in plan), unit="img", desc="convert", smoothing=0.1)
+
+    # -------------------------------------------------------------- reader threads: read, screen, decode
     decoded: queue.Queue = queue.Queue(maxsize=3)
     max_bytes = opts.max_file_mb << 20
 
     def read_batches():
+        pool = ThreadPoolExecutor(max(1, opts.reader_threads), thread_name_prefix="read")
+        reads: dict = {}
+
+        def prefetch(j):
+            if j < len(plan) and j not in reads and tuple(plan[j][2]) not in ready:
+                reads[j] = [pool.submit(read_screened, items[s], max_bytes) for s in plan[j][2]]
         try:
-            for k in todo:
-                slots = list(writer.shard_slots(k))
-                for b0 in range(0, len(slots), opts.batch_size):
-                    t0 = time.time()
-                    batch = slots[b0: b0 + opts.batch_size]
-                    decoded.put((k, b0 + len(batch) >= len(slots), _decode_batch(items, batch, stage, max_bytes)))
-                    stats["decode"] += time.time() - t0
+            for i, (k, last, slots) in enumerate(plan):
+                prefetch(i)
+                prefetch(i + 1)  # the next batch is read and screened while this one decodes
+                t0 = time.time()
+                hit = ready.pop(tuple(slots), None)
+                if hit is not None:  # encoded by the table fit: (batches, rejects)
+                    decoded.put((k, last, hit[0], hit[1]))
+                    continue
+                ok, rejects = decode_batch(items, slots, stage, max_bytes, [f.result() for f in reads.pop(i)])
+                stats["decode"] += time.time() - t0
+                decoded.put((k, last, ok, rejects))
             decoded.put(None)
         except BaseException as e:  # surface reader failures in the main thread
             decoded.put(e)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     reader = threading.Thread(target=read_batches, daemon=True)
     reader.start()
 
-    coder = ThreadPoolExecutor(max(1, opts.coder_threads))
+    coder = ThreadPoolExecutor(max(1, opts.coder_threads))  # v1 bitstreams, one per sample
     writer_pool = ThreadPoolExecutor(1)
-    pending_write: Future | None = None
-    need_bitstream = schema.kind == "wds" or schema.policy["mode"] == "native"
-    shard_samples: list = []
-    shard_rejects: list = []
-    shard_counts = np.zeros((schema.codec["C"], schema.codec["L"]), np.int64)
+    pending_write: list[Future] = []
+    shard: dict = {"batches": [], "rejects": []}
+
+    def settle(k, last, launched, rejects):
+        """A batch launched earlier: its results, then, at a shard's end, the shard to the writer thread."""
+        t0 = time.time()
+        batches = enc.finish(launched)
+        stats["encode"] += time.time() - t0
+        shard["batches"] += batches
+        shard["rejects"] += rejects
+        if bar:
+            bar.update(sum(len(b.slots) for b in batches) + len(rejects))
+        if not last:
+            return
+        counts = sum((b.counts for b in shard["batches"]), enc.zero_counts())
+        samples, refs = make_samples(shard["batches"], items, schema, shard["rejects"], counts)
+        if pending_write:
+            pending_write.pop().result()  # at most one shard in flight: memory stays flat
+        # entropy coding and the write run beside the encoding of the next shard
+        pending_write.append(writer_pool.submit(code_and_write, writer, k, samples, refs, shard["rejects"], counts,
+                                                stats, enc, coder, opts.coder_threads))
+        summary.stored += len(samples)
+        summary.rejected += len(shard["rejects"])
+        summary.rejects += shard["rejects"]
+        summary.shards_written += 1
+        shard["batches"], shard["rejects"] = [], []
+
+    held = None  # the batch launched last, settled once the next one is launched
     try:
         while True:
             msg = decoded.get()
-            if msg is None:
-                break
             if isinstance(msg, BaseException):
                 raise msg
-            k, last_in_shard, (ok, rejects) = msg
-            t0 = time.time()
-            encoded, counts = _encode(model, ok, device, schema)
-            shard_samples += encoded
-            shard_counts += counts
-            stats["encode"] += time.time() - t0
-            shard_rejects += rejects
-            if bar:
-                bar.update(len(ok) + len(rejects))
-            if last_in_shard:
-                samples = [_make_sample(s, items, schema) for s in shard_samples]
-                if pending_write is not None:
-                    pending_write.result()  # at most one shard in flight: memory stays flat
-                # entropy coding and the write run beside the encoding of the next shard
-                pending_write = writer_pool.submit(_code_and_write, writer, k, samples, shard_rejects, shard_counts,
-                                                   stats, coder if need_bitstream else None, codec)
-                summary.stored += len(samples)
-                summary.rejected += len(shard_rejects)
-                summary.rejects += shard_rejects
-                summary.shards_written += 1
-                shard_samples, shard_rejects = [], []
-                shard_counts = np.zeros_like(shard_counts)
-        if pending_write is not None:
-            pending_write.result()
+            if msg is not None:
+                k, last, work, rejects = msg
+                t0 = time.time()
+                launched = work if work and isinstance(work[0], EncodedBatch) else enc.launch(work, pad_to=batch)
+                stats["encode"] += time.time() - t0
+            if held is not None:
+                settle(*held)
+            if msg is None:
+                break
+            held = (k, last, launched, rejects)
+        if pending_write:
+            pending_write.pop().result()
     finally:
         coder.shutdown(wait=True)
         writer_pool.shutdown(wait=True)
         if bar:
             bar.close()
     summary.stage_s = stats
-
-
-def _code_and_write(writer, k, samples, rejects, counts, stats, coder, codec):
-    """Entropy-code the shard's samples on the coder pool (WebDataset / native), then commit the shard."""
-    t0 = time.time()
-    if coder is not None:
-        futs = [coder.submit(codec.pack, s.symbols, s.stored_size) for s in samples]
-        for s, f in zip(samples, futs):
-            s.bitstream = f.result()
-    t1 = time.time()
-    writer.write_shard(k, samples, rejects, counts)  # fixed-size Zarr: zarr runs our ANS codec per chunk here
-    stats["code"] += t1 - t0
-    stats["write"] += time.time() - t1
-
-
-def _decode_batch(items: list[InputItem], slots: list[int], stage: DaliImageStage, max_bytes: int):
-    """-> ([(slot, HWC uint8 at stored geometry, meta)], [reject dicts])."""
-    rejects, dali, pillow = [], [], []
-    for slot in slots:
-        it = items[slot]
-        try:
-            data = it.read(max_bytes)
-        except BadImageError as e:
-            rejects.append({"path": it.ref, "reason": str(e).split(": ", 1)[-1]})
-            continue
-        s: Screened = screen(data, it.ref)
-        meta = {"source_bytes": len(data)}
-        if s.route == "reject":
-            rejects.append({"path": it.ref, "reason": s.reason})
-        elif s.route == "dali":
-            meta["size"] = s.size
-            dali.append((slot, data, meta))
-        else:
-            meta["size"] = s.rgb.shape[:2]
-            pillow.append((slot, s.rgb, meta))
-    ok = []
-    for (slot, _, meta), out in zip(dali, stage.decode([d for _, d, _ in dali])):
-        if isinstance(out, Exception):
-            rejects.append({"path": items[slot].ref, "reason": dali_error_reason(out)})
-        else:
-            ok.append((slot, out, meta))
-    for (slot, _, meta), out in zip(pillow, stage.geometry([r for _, r, _ in pillow])):
-        ok.append((slot, out, meta))
-    ok.sort(key=lambda t: t[0])
-    rejects.sort(key=lambda r: r["path"])
-    return ok, rejects
-
-
-@torch.no_grad()
-def _encode(model, ok, device, schema) -> tuple[list, np.ndarray]:
-    """A decoded batch -> ([(slot, symbols (C, h, w) uint8, meta)], the batch's (C, L) symbol counts)."""
-    counts = np.zeros((schema.codec["C"], schema.codec["L"]), np.int64)
-    out: list = []
-    groups = [ok] if schema.policy["mode"] == "fixed" else [[o] for o in ok]  # native: shapes differ
-    for g in (g for g in groups if g):
-        x = torch.from_numpy(np.stack([o[1] for o in g])).to(device).permute(0, 3, 1, 2).float() / 255.0
-        x = x.contiguous(memory_format=torch.channels_last)  # NHWC from DALI is already this layout
-        with autocast_for(device):
-            r = model.symbols(x)
-        counts += r["hard_hist"].cpu().numpy()  # the kernel's histogram: no second pass over the symbols
-        for (slot, rgb, meta), s in zip(g, r["symbols"].cpu().numpy()):
-            meta["stored_size"] = rgb.shape[:2]
-            out.append((slot, s, meta))
-    return out, counts
-
-
-def _make_sample(t, items, schema) -> Sample:
-    slot, symbols, meta = t
-    it = items[slot]
-    mask = None
-    if schema.has_masks and it.mask:
-        from .masks import load_mask
-        mask = load_mask(it.mask, schema.policy["size"])
-    size = tuple(int(v) for v in meta["size"])
-    return Sample(slot=slot, label=it.label, symbols=symbols, size=size,
-                  stored_size=tuple(int(v) for v in meta["stored_size"]), source=it.ref,
-                  source_bytes=meta["source_bytes"], mask=mask)
 
 
 def merge(dst: str) -> StoreSchema:

@@ -3,7 +3,11 @@
 - an ImageNet-style tree  SRC/<class>/<image>   labels from the sorted folder names;
 - a flat folder           SRC/<image>           unlabelled (-1);
 - a list file             one `path [label [mask_path]]` per line (label: integer or class name);
-- WebDataset tar shards   SRC/*.tar or a single .tar, members KEY.jpg|png|... with optional KEY.cls.
+- WebDataset tar shards   SRC/*.tar or a single .tar, members KEY.jpg|png|... with optional KEY.cls;
+- a VOC split             ROOT/ImageSets/Segmentation/<split>.txt of a PASCAL VOC-layout ROOT (what
+                          `convert VOCROOT DST --split S` passes): images with their masks, the label names
+                          being the mask classes (VOC's 21, or the scenes generator's from scenes.json).
+A VOC root itself is refused with a hint to pick a split (as a class tree it would be nonsense).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import tarfile
 from dataclasses import dataclass
 
 from ..data.imageio import IMAGE_EXTENSIONS, MAX_FILE_BYTES, read_bounded
+from ..data.voc import SPLIT_DIR, is_voc_root, list_voc, resolve_voc_root, voc_class_names
 from ..errors import BadImageError, UsageError
 
 MAX_LABEL_MEMBER = 1024  # a .cls member is a class name, not a payload
@@ -22,9 +27,10 @@ MAX_LABEL_MEMBER = 1024  # a .cls member is a class name, not a payload
 class InputItem:
     ref: str  # a file path, or "TAR::MEMBER" for a member of a tar shard
     label: int  # -1 when unlabelled
-    mask: str | None = None  # optional mask image path (list files only)
+    mask: str | None = None  # optional mask image path (list files, VOC splits)
     tar_offset: int = -1  # where a tar member's data starts
     tar_size: int = -1
+    mask_classes: int = 0  # labels a mask may hold besides 255 (0: not known, as for list files)
 
     def read(self, limit: int = MAX_FILE_BYTES) -> bytes:
         """The encoded bytes, bounded: a special file, an oversized file or member is a BadImageError."""
@@ -51,7 +57,7 @@ class InputListing:
     items: list[InputItem]
     label_names: list[str]
     notes: list[dict]  # things worth recording that are not inputs (an empty class folder, ...)
-    kind: str  # tree | flat | list | wds
+    kind: str  # tree | flat | list | wds | voc
 
     def sha256(self) -> str:
         h = hashlib.sha256()
@@ -70,7 +76,10 @@ def list_inputs(src: str) -> InputListing:
     if os.path.isfile(src):
         if src.endswith(".tar"):
             return _list_tars([src])
-        return _list_file(src)
+        root = voc_root_of_split(src)
+        return _list_voc(root, src) if root else _list_file(src)
+    if any(is_voc_root(p) for p in (src, os.path.join(src, "VOC2012"), os.path.join(src, "VOCdevkit", "VOC2012"))):
+        raise UsageError(f"{src}: a VOC root; choose a split with --split (train, val, trainval, train_aug, ...)")
     entries = sorted(os.listdir(src))
     tars = [os.path.join(src, e) for e in entries if e.endswith(".tar")]
     if tars and not any(_is_image(e) for e in entries):
@@ -82,6 +91,38 @@ def list_inputs(src: str) -> InputListing:
     if not items:
         raise UsageError(f"{src}: no images found (expected SRC/<class>/<image>, images, a list file or .tar shards)")
     return InputListing(items, [], [], "flat")
+
+
+def voc_root_of_split(path: str) -> str | None:
+    """The VOC root a ROOT/ImageSets/Segmentation/<split>.txt file belongs to, or None for any other file."""
+    if not path.endswith(".txt"):
+        return None
+    d = os.path.dirname(os.path.abspath(path))
+    root = os.path.dirname(os.path.dirname(d))
+    return root if os.path.relpath(d, root) == SPLIT_DIR and is_voc_root(root) else None
+
+
+def voc_split_source(root: str, split: str) -> str:
+    """`convert VOCROOT --split S` -> the split file to list: ROOT/ImageSets/Segmentation/S.txt (S a name, or a
+    .txt file in that folder). UsageError (one line) for a root that is not one, or a split that is missing."""
+    root = resolve_voc_root(root)
+    if split.endswith(".txt") and os.path.sep in split:  # a split file given by its path
+        if not os.path.isfile(split):
+            raise UsageError(f"--split {split}: no such split file")
+        path = split
+    else:
+        path = os.path.join(root, SPLIT_DIR, split if split.endswith(".txt") else split + ".txt")
+    list_voc(root, path if path == split else split)  # the one place that says what is missing, in one line
+    if voc_root_of_split(path) != os.path.abspath(root):
+        raise UsageError(f"--split {split}: a split file must sit in {os.path.join(root, SPLIT_DIR)}/ "
+                         f"(its root is where the images and masks are found)")
+    return path
+
+
+def _list_voc(root: str, split_file: str) -> InputListing:
+    names = voc_class_names(root)
+    items = [InputItem(img, -1, mask, mask_classes=len(names)) for img, mask in list_voc(root, split_file)]
+    return InputListing(items, names, [], "voc")
 
 
 def _list_tree(src: str, dirs: list[str]) -> InputListing:

@@ -32,26 +32,38 @@ def epoch_indices(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1, 
 
 
 class LatentAugment:
-    """Latent-space augmentation: random crop + horizontal flip (train), centre crop (eval)."""
+    """Latent-space augmentation: random crop + horizontal flip (train), centre crop (eval).
+    `params` draws a sample's crop and flip, `apply` does them: the GPU decode path ships the params."""
 
     def __init__(self, crop: int | None = 28, train: bool = True, flip: bool = True):
         self.crop, self.train, self.flip = crop, train, flip
 
-    def __call__(self, sym: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator):
-        C, h, w = sym.shape
+    def params(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int, bool]:
+        """(y, x, crop height, crop width, flip) in latent cells."""
+        y = x = 0
+        ch, cw = h, w
         if self.crop and (h > self.crop or w > self.crop):
             ch, cw = min(self.crop, h), min(self.crop, w)
             if self.train:
                 y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             else:
                 y, x = (h - ch) // 2, (w - cw) // 2
-            sym = sym[:, y: y + ch, x: x + cw]
-            if mask is not None:
-                mask = mask[y * 8: (y + ch) * 8, x * 8: (x + cw) * 8]
-        if self.train and self.flip and rng.random() < 0.5:
+        flip = bool(self.train and self.flip and rng.random() < 0.5)
+        return y, x, ch, cw, flip
+
+    @staticmethod
+    def apply(sym: np.ndarray, mask: np.ndarray | None, p: tuple) -> tuple[np.ndarray, np.ndarray | None]:
+        y, x, ch, cw, flip = p
+        sym = sym[:, y: y + ch, x: x + cw]
+        if mask is not None:  # masks live at 8x the latent resolution
+            mask = mask[y * 8: (y + ch) * 8, x * 8: (x + cw) * 8]
+        if flip:
             sym = sym[:, :, ::-1]
             mask = mask[:, ::-1] if mask is not None else None
         return np.ascontiguousarray(sym), (np.ascontiguousarray(mask) if mask is not None else None)
+
+    def __call__(self, sym: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator):
+        return self.apply(sym, mask, self.params(*sym.shape[1:], rng))
 
 
 class LatentMapDataset(Dataset):
@@ -59,8 +71,8 @@ class LatentMapDataset(Dataset):
 
     def __init__(self, path: str, train: bool = True, crop: int | None = 28, output: str = "symbols",
                  seed: int = 0, flip: bool = True):
-        if output not in ("symbols", "float"):
-            raise ValueError("output must be 'symbols' or 'float'")
+        if output not in ("symbols", "float", "payload"):
+            raise ValueError("output must be 'symbols', 'float' or 'payload' (compressed bytes, decoded on the GPU)")
         self.path, self.output, self.seed = path, output, seed
         self.augment = LatentAugment(crop, train, flip)
         self._store: LatentStore | None = None
@@ -80,19 +92,48 @@ class LatentMapDataset(Dataset):
     def __len__(self) -> int:
         return self.n
 
-    def sample(self, i: int, epoch: int = 0) -> dict:
+    def _rng(self, i: int, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, i, 1])  # a sample's draws depend on nothing else
+
+    def _finish(self, i: int, epoch: int, sym: np.ndarray) -> dict:
         s = self.store
-        rng = np.random.default_rng([self.seed, epoch, i, 1])
-        sym, mask = self.augment(s.symbols(i), s.mask(i), rng)
+        sym, mask = self.augment(sym, s.mask(i), self._rng(i, epoch))
         out = {"latent": torch.from_numpy(s.dequantize(sym)) if self.output == "float" else torch.from_numpy(sym),
                "label": int(s.labels[i]), "index": i}
         if mask is not None:
             out["mask"] = torch.from_numpy(mask)
         return out
 
+    def sample(self, i: int, epoch: int = 0) -> dict:
+        return self.samples([i], epoch)[0]
+
+    def samples(self, indices, epoch: int = 0) -> list[dict]:
+        """A batch of samples, decoded in one call where the store allows (Zarr, bitstream v2)."""
+        s = self.store
+        idx = [int(i) for i in indices]
+        if self.output == "payload":
+            return [self._payload_sample(i, epoch, p) for i, p in zip(idx, s.payloads(idx))]
+        syms = s.read_batch(idx) if s.mode == "fixed" else [s.symbols(i) for i in idx]
+        return [self._finish(i, epoch, sym) for i, sym in zip(idx, syms)]
+
+    def _payload_sample(self, i: int, epoch: int, payload: bytes) -> dict:
+        """Compressed bytes and the augmentation to apply after the GPU decodes them."""
+        _, h, w = self.store.latent_shape
+        p = self.augment.params(h, w, self._rng(i, epoch))
+        return {"payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8), "augment": torch.tensor(p[:4] + (int(p[4]),)),
+                "label": int(self.store.labels[i]), "index": i}
+
     def __getitem__(self, key) -> dict:
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         return self.sample(int(i), int(epoch))
+
+    def __getitems__(self, keys) -> list[dict]:
+        """torch's batched fetch (a DataLoader with a sampler): one decode call per batch."""
+        pairs = [k if isinstance(k, tuple) else (k, 0) for k in keys]
+        epochs = {int(e) for _, e in pairs}
+        if len(epochs) != 1:
+            return [self[k] for k in keys]
+        return self.samples([i for i, _ in pairs], epochs.pop())
 
 
 class EpochSampler(Sampler):
@@ -115,10 +156,16 @@ class EpochSampler(Sampler):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack tensors, tensor-ify ints: works for latent and RGB samples alike."""
+    """Stack tensors, tensor-ify ints: works for latent and RGB samples alike. Compressed payloads of different
+    lengths become one uint8 tensor plus (B+1,) offsets: the GPU decoder's input."""
     out = {}
     for k, v in samples[0].items():
-        out[k] = torch.stack([s[k] for s in samples]) if torch.is_tensor(v) else torch.tensor([s[k] for s in samples])
+        if k == "payload":
+            parts = [s[k] for s in samples]
+            out[k] = torch.cat(parts)
+            out["offsets"] = torch.tensor([0] + [len(p) for p in parts]).cumsum(0)
+        else:
+            out[k] = torch.stack([s[k] for s in samples]) if torch.is_tensor(v) else torch.tensor([s[k] for s in samples])
     return out
 
 
@@ -148,7 +195,7 @@ class LatentBatchStream(IterableDataset):
         wid, nw = (wi.id, wi.num_workers) if wi else (0, 1)
         for b in range(self.start_batch + wid, self.num_batches(), nw):
             chunk = idx[b * self.batch_size: (b + 1) * self.batch_size]
-            yield collate([self.ds.sample(int(i), self.epoch) for i in chunk])
+            yield collate(self.ds.samples(chunk, self.epoch))
 
 
 class ResumableLoader:

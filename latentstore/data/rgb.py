@@ -37,14 +37,20 @@ def to_input(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
+def to_unit(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]: what a codec takes."""
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float() / 255.0
+
+
 class ImageFolderDataset(Dataset):
     """SRC/<class>/<image> decoded with Pillow; train: RandomResizedCrop(size) + flip; eval: resize + centre crop."""
 
-    def __init__(self, root: str, size: int = 224, train: bool = True, seed: int = 0):
+    def __init__(self, root: str, size: int = 224, train: bool = True, seed: int = 0, normalize: bool = True):
         from ..convert.sources import list_inputs
         listing = list_inputs(root)
         self.items, self.label_names = listing.items, listing.label_names
         self.size, self.train, self.seed = size, train, seed
+        self.convert = to_input if normalize else to_unit
 
     def __len__(self) -> int:
         return len(self.items)
@@ -64,14 +70,17 @@ class ImageFolderDataset(Dataset):
             im = im.resize((max(self.size, round(im.width * s)), max(self.size, round(im.height * s))), Image.Resampling.BILINEAR)
             x, y = (im.width - self.size) // 2, (im.height - self.size) // 2
             im = im.crop((x, y, x + self.size, y + self.size))
-        return {"image": to_input(np.asarray(im)), "label": it.label, "index": i}
+        return {"image": self.convert(np.asarray(im)), "label": it.label, "index": i}
 
 
 class ArrayImageDataset(Dataset):
-    """In-memory (N, H, W, 3) uint8 images with labels; train adds a horizontal flip."""
+    """In-memory (N, H, W, 3) uint8 images with labels; train adds a horizontal flip.
+    normalize=True gives ImageNet-normalised floats (a ResNet's input), False floats in [0, 1] (a codec's)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, train: bool = True, seed: int = 0):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, train: bool = True, seed: int = 0,
+                 normalize: bool = True):
         self.images, self.labels, self.train, self.seed = images, np.asarray(labels), train, seed
+        self.convert = to_input if normalize else to_unit
 
     def __len__(self) -> int:
         return len(self.images)
@@ -81,4 +90,4 @@ class ArrayImageDataset(Dataset):
         img = self.images[i]
         if self.train and np.random.default_rng([self.seed, epoch, i, 3]).random() < 0.5:
             img = img[:, ::-1]
-        return {"image": to_input(img), "label": int(self.labels[i]), "index": int(i)}
+        return {"image": self.convert(img), "label": int(self.labels[i]), "index": int(i)}

@@ -33,12 +33,12 @@ SPLIT_IDS = {"train": 0, "val": 1}  # the split's word in each scene's seed
 class ScenesConfig:
     size: int = 256  # scene side in pixels (square)
     seed: int = 0  # everything is drawn from this
-    min_items: int = 2  # items per scene, inclusive range
-    max_items: int = 5
-    item_min_frac: float = 48 / 256  # an item's side as a fraction of the scene side (48-128 px at 256)
-    item_max_frac: float = 128 / 256
-    threshold: int = 16  # an item pixel (labelled, opaque) where its 0..255 grey value exceeds this; low, so
-    # dark patches inside an item (patterned shirts, sandal straps) stay the item and opaque, not holes
+    min_items: int = 2  # fewest items per scene
+    max_items: int = 5  # most items per scene
+    item_min_frac: float = 48 / 256  # smallest item side as a fraction of the scene side (48 px at 256)
+    item_max_frac: float = 128 / 256  # largest item side as a fraction of the scene side (128 px at 256)
+    threshold: int = 16  # item pixels (labelled, opaque) are those whose 0..255 grey value exceeds this
+    # (low, so dark patches inside an item, patterned shirts or sandal straps, stay the item, not holes)
     crop_min_frac: float = 0.5  # the background crop's side as a fraction of the photo's shorter side (up to 1)
     jpeg_quality: int = 90  # JPEGImages/*.jpg, as VOC's photos are JPEGs
 

@@ -11,13 +11,15 @@ Split files may also hold DeepLab's two-column form, "/JPEGImages/<id>.jpg /Segm
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 
 import numpy as np
 from PIL import Image
 
 from ..errors import BadImageError, UsageError
-from .imageio import load_image
+from .imageio import clean_reason, load_image
 
 IGNORE_LABEL = 255
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -41,13 +43,13 @@ def _voc_palette() -> np.ndarray:
 
 VOC_PALETTE = _voc_palette()  # (256, 3) uint8; 0 black, 1 (128, 0, 0), ..., 255 (224, 224, 192)
 
-_SPLIT_DIR = os.path.join("ImageSets", "Segmentation")
+SPLIT_DIR = os.path.join("ImageSets", "Segmentation")
 _MASK_DIRS = ("SegmentationClass", "SegmentationClassAug")  # the official masks first, SBD's as the fallback
 
 
 def is_voc_root(path: str) -> bool:
     """A directory with VOC's JPEGImages/, ImageSets/Segmentation/ and a mask directory."""
-    return (os.path.isdir(os.path.join(path, "JPEGImages")) and os.path.isdir(os.path.join(path, _SPLIT_DIR))
+    return (os.path.isdir(os.path.join(path, "JPEGImages")) and os.path.isdir(os.path.join(path, SPLIT_DIR))
             and any(os.path.isdir(os.path.join(path, d)) for d in _MASK_DIRS))
 
 
@@ -61,12 +63,28 @@ def resolve_voc_root(path: str) -> str:
     raise UsageError(f"{path}: not a VOC root (needs JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/)")
 
 
+def voc_class_names(root: str) -> list[str]:
+    """The class names of a VOC-layout root: the scenes generator's (scenes.json) when it wrote the root, else
+    VOC's 21. Index = the label value in the masks."""
+    rec = os.path.join(root, "scenes.json")
+    if os.path.isfile(rec):
+        try:
+            with open(rec) as f:
+                names = json.load(f)["class_names"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{rec}: unreadable scenes record ({e})") from None
+        if not (isinstance(names, list) and 1 < len(names) <= IGNORE_LABEL and all(isinstance(n, str) for n in names)):
+            raise UsageError(f"{rec}: class_names must be a list of 2..255 names")
+        return names
+    return list(VOC_CLASSES)
+
+
 def _split_file(root: str, split: str) -> str:
     if split.endswith(".txt") and os.path.isfile(split):  # a list file given by path
         return split
-    f = os.path.join(root, _SPLIT_DIR, split if split.endswith(".txt") else split + ".txt")
+    f = os.path.join(root, SPLIT_DIR, split if split.endswith(".txt") else split + ".txt")
     if not os.path.isfile(f):
-        d = os.path.join(root, _SPLIT_DIR)
+        d = os.path.join(root, SPLIT_DIR)
         have = sorted(n[:-4] for n in os.listdir(d) if n.endswith(".txt")) if os.path.isdir(d) else []
         raise UsageError(f"{f}: split file not found (splits here: {', '.join(have) or 'none'})")
     return f
@@ -105,17 +123,27 @@ def read_mask(path: str) -> np.ndarray:
     """A class-index mask -> (H, W) uint8. Palette/greyscale PNGs are read as indices (never as colours);
     an RGB mask is mapped back through the VOC palette. BadImageError (one line) otherwise."""
     try:
-        with Image.open(path) as im:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise BadImageError(f"{path}: unreadable mask ({e.strerror or e})") from None
+    return decode_mask(data, path)
+
+
+def decode_mask(data: bytes, where: str) -> np.ndarray:
+    """read_mask on bytes already read (conversion reads them bounded); `where` names the file in errors."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
             mode = im.mode
             a = np.asarray(im)
     except Exception as e:
-        raise BadImageError(f"{path}: unreadable mask ({e})") from None
+        raise BadImageError(f"{where}: unreadable mask ({clean_reason(str(e).splitlines()[0]) if str(e) else type(e).__name__})") from None
     if mode in ("P", "L"):
         return np.ascontiguousarray(a, dtype=np.uint8)
     if mode in ("I", "I;16", "I;16B", "I;16L"):
         if a.min(initial=0) < 0 or a.max(initial=0) > 255:
-            raise BadImageError(f"{path}: 16-bit mask with labels beyond 0..255")
+            raise BadImageError(f"{where}: 16-bit mask with labels beyond 0..255")
         return a.astype(np.uint8)
     if mode in ("RGB", "RGBA"):
         # a colour-coded mask: each colour must be a VOC palette entry
@@ -126,10 +154,10 @@ def read_mask(path: str) -> np.ndarray:
         unknown = [int(u) for u in uniq if int(u) not in lut]
         if unknown:
             u = unknown[0]
-            raise BadImageError(f"{path}: RGB mask colour ({u >> 16}, {(u >> 8) & 255}, {u & 255}) is not in the "
+            raise BadImageError(f"{where}: RGB mask colour ({u >> 16}, {(u >> 8) & 255}, {u & 255}) is not in the "
                                 f"VOC palette")
         return np.array([lut[int(u)] for u in uniq], np.uint8)[inv].reshape(px.shape)
-    raise BadImageError(f"{path}: mask mode {mode} (expected a palette or greyscale PNG of class ids)")
+    raise BadImageError(f"{where}: mask mode {mode} (expected a palette or greyscale PNG of class ids)")
 
 
 def check_mask(mask: np.ndarray, image_hw: tuple[int, int], num_classes: int,

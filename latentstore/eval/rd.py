@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..codec.api import compress, decompress
-from .metrics import bpp, msssim, psnr
+from .metrics import bpp, msssim_batch, psnr
 from ..codec.zoo import load_codec
 
 JPEG_QUALITIES = [1, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 75, 90]
@@ -41,24 +41,30 @@ def _pillow_roundtrip(rgb: np.ndarray, fmt: str, **kw) -> tuple[bytes, np.ndarra
     return data, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def classical_points(name: str, rgb: np.ndarray) -> list[RDPoint]:
-    pts = []
-    runs = [("JPEG", q, dict(format="JPEG", quality=q)) for q in JPEG_QUALITIES]
-    runs += [("WebP", q, dict(format="WEBP", quality=q, method=6)) for q in WEBP_QUALITIES]
-    runs += [("JPEG2000", r, dict(format="JPEG2000", quality_mode="rates", quality_layers=[r], irreversible=True))
+def classical_runs() -> list[tuple[str, object, str, dict]]:
+    """(method, setting, Pillow format, Pillow options) of every classical setting."""
+    runs = [("JPEG", q, "JPEG", dict(quality=q)) for q in JPEG_QUALITIES]
+    runs += [("WebP", q, "WEBP", dict(quality=q, method=6)) for q in WEBP_QUALITIES]
+    runs += [("JPEG2000", r, "JPEG2000", dict(quality_mode="rates", quality_layers=[r], irreversible=True))
              for r in JP2_RATIOS]
-    for method, setting, kw in runs:
-        fmt = kw.pop("format")
+    return runs
+
+
+def photo_points(name: str, rgb: np.ndarray, codecs: list, device: str | None = None) -> list[RDPoint]:
+    """Every setting on one photo: the codecs' (LatentCodec objects, reported under their `.name`, or
+    names) and the classical codecs' real bytes, decoded back; then PSNR of each and MS-SSIM of all
+    reconstructions in one batched call (metrics.msssim_batch)."""
+    rows: list[tuple[str, str, int, np.ndarray]] = []  # (method, setting, bytes, reconstruction)
+    for c in codecs:
+        label, codec = (c, load_codec(c)) if isinstance(c, str) else c
+        data = compress(rgb, codec)
+        rows.append((label, label, len(data), decompress(data, codec)))  # decoded from the real bytes
+    for method, setting, fmt, kw in classical_runs():
         data, rec = _pillow_roundtrip(rgb, fmt, **kw)
-        pts.append(RDPoint(name, method, str(setting), bpp(len(data), rgb.shape), psnr(rgb, rec), msssim(rgb, rec), len(data)))
-    return pts
-
-
-def codec_point(name: str, rgb: np.ndarray, codec_name: str) -> RDPoint:
-    codec = load_codec(codec_name)
-    data = compress(rgb, codec)
-    rec = decompress(data, codec)
-    return RDPoint(name, codec_name, codec_name, bpp(len(data), rgb.shape), psnr(rgb, rec), msssim(rgb, rec), len(data))
+        rows.append((method, str(setting), len(data), rec))
+    ms = msssim_batch(rgb, [r for *_, r in rows], device)
+    return [RDPoint(name, method, setting, bpp(n, rgb.shape), psnr(rgb, rec), float(m), n)
+            for (method, setting, n, rec), m in zip(rows, ms)]
 
 
 def interpolate_at(points: list[RDPoint], target_bpp: float, key: str) -> float | None:
@@ -70,12 +76,15 @@ def interpolate_at(points: list[RDPoint], target_bpp: float, key: str) -> float 
     return float(np.interp(target_bpp, xs, [getattr(p, key) for p in pts]))
 
 
-def evaluate(photos: list[tuple[str, np.ndarray]], codec_names: list[str], progress=None) -> list[RDPoint]:
+def evaluate(photos: list[tuple[str, np.ndarray]], codec_names: list[str], progress=None,
+             device: str | None = None) -> list[RDPoint]:
+    """RD points of every photo; codecs and MS-SSIM run on `device` (None: CUDA when present)."""
+    from ..device import resolve_device
+    device = resolve_device(device or "auto")
+    codecs = [(n, load_codec(n, device)) for n in codec_names]  # loaded once, not per photo
     pts: list[RDPoint] = []
     for name, rgb in photos:
-        for c in codec_names:
-            pts.append(codec_point(name, rgb, c))
-        pts += classical_points(name, rgb)
+        pts += photo_points(name, rgb, codecs, device)
         if progress:
             progress(name)
     return pts
@@ -165,9 +174,10 @@ def format_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(photos: list[tuple[str, np.ndarray]], codec_names: list[str], out_dir: str, progress=None) -> list[dict]:
+def run(photos: list[tuple[str, np.ndarray]], codec_names: list[str], out_dir: str, progress=None,
+        device: str | None = None) -> list[dict]:
     os.makedirs(out_dir, exist_ok=True)
-    pts = evaluate(photos, codec_names, progress)
+    pts = evaluate(photos, codec_names, progress, device)
     write_csv(pts, os.path.join(out_dir, "rd_points.csv"))
     summary = summarise(pts, codec_names)
     with open(os.path.join(out_dir, "rd_summary.csv"), "w", newline="") as f:

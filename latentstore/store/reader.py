@@ -53,6 +53,29 @@ class LatentStore:
         """(C, h, w) uint8 symbols of sample i. checked=True reads through the checksummed path."""
         return self.backend.symbols(int(self.slots[i]), checked)
 
+    def read_batch(self, indices) -> np.ndarray:
+        """(B, C, h, w) uint8 symbols of samples `indices` (fixed-size stores), decoded in one call where the
+        layout allows (Zarr + bitstream v2: one numba call over every payload)."""
+        slots = self.slots[np.asarray(indices, dtype=np.int64)]
+        out = self.backend.symbols_batch(slots)
+        return out if isinstance(out, np.ndarray) else np.stack(out)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of every sample in a fixed-size store."""
+        if self.mode != "fixed":
+            raise StoreError(f"{self.path}: a native-size store has no single latent shape")
+        h = self.schema.policy["size"] // 8
+        return self.schema.codec["C"], h, h
+
+    def payloads(self, indices) -> list[bytes]:
+        """The v2 payloads of samples `indices` (compressed bytes, no container): what the GPU decoder takes."""
+        from .backends import store_coder
+        if store_coder(self.schema) != "latentstore.rans" or self.mode != "fixed":
+            raise StoreError(f"{self.path}: GPU decoding needs a fixed-size bitstream v2 store "
+                             "(`latentstore recode` turns a v1 store into one)")
+        return [self.backend.payload(int(self.slots[int(i)])) for i in indices]
+
     def label(self, i: int) -> int:
         return int(self.labels[i])
 

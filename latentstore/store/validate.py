@@ -53,6 +53,11 @@ def validate_schema(s, where: str) -> None:
     for ch, row in enumerate(freqs):
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 or v >= 1 << 40 for v in row):
             raise StoreError(f"{where}: schema field codec.freqs row {ch} holds a count that is not a positive integer")
+    coder = c.get("coder", "latentstore.ans")
+    if coder not in ("latentstore.ans", "latentstore.rans"):
+        raise StoreError(f"{where}: schema field codec.coder = {coder!r} is not a known entropy coder")
+    if coder == "latentstore.rans":
+        _check_rans_tables(c.get("rans_tables"), C, L, where)
     mode = s.policy.get("mode") if isinstance(s.policy, dict) else None
     if mode not in ("fixed", "native"):
         raise StoreError(f"{where}: schema field policy.mode = {mode!r} (expected fixed or native)")
@@ -71,3 +76,16 @@ def validate_schema(s, where: str) -> None:
             raise StoreError(f"{where}: schema checksum entry {rel!r} is malformed")
     if s.complete and s.num_samples and s.schema_version >= 2 and not s.checksums:
         raise StoreError(f"{where}: schema of a complete store records no checksums")
+
+
+def _check_rans_tables(t, C: int, L: int, where: str) -> None:
+    import numpy as np
+
+    from ..codec.entropy.rans_v2 import check_tables
+    try:
+        a = np.asarray(t)
+        if a.dtype == object or a.ndim != 3 or not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"not a (C, L+1, L) integer table (shape {a.shape})")
+        check_tables(a, C, L)
+    except (ValueError, TypeError) as e:
+        raise StoreError(f"{where}: schema field codec.rans_tables: {e}") from None

@@ -44,6 +44,10 @@ class Sample:
     source_bytes: int  # the encoded input file's size
     bitstream: bytes = b""  # the full latentstore bitstream (header + ANS payload)
     mask: np.ndarray | None = None  # (H', W') uint8 class mask at the stored resolution
+    # v2's entropy-coded symbols without a container, coded in batch by conversion (numba, or the GPU's rANS
+    # encoder); fixed-size Zarr writes its shard files from these. With a payload, `symbols` may be None: the
+    # GPU path leaves them on the device (conversion then passes the shard's counts to write_shard)
+    payload: bytes | None = None
 
 
 def sha256_file(path: str) -> str:
@@ -82,9 +86,10 @@ class StoreWriter:
     # ----------------------------------------------------------------------------- opening
     @classmethod
     def open(cls, root: str, schema: StoreSchema, codec_file: str, resume: bool, rank: int = 0,
-             world: int = 1, wait_s: float = 600.0) -> "StoreWriter":
+             world: int = 1, wait_s: float = 600.0, on_create=None) -> "StoreWriter":
         """Take this rank's writer lock; rank 0 creates the store (or checks it on resume), other ranks wait
-        for it. Call `close()` when done (it releases the lock)."""
+        for it. `on_create(schema)` completes the schema just before creation (rank 0, a new store only):
+        the work that must happen once per store, like fitting its tables. Call `close()` when done."""
         marker = os.path.join(root, PARTS_DIR, INIT_MARKER)
         if rank == 0 and _has_content(root) and not resume:
             raise UsageError(f"{root} exists; pass --resume to continue it, or choose a new destination")
@@ -97,6 +102,8 @@ class StoreWriter:
             remove_stale_temps(root)  # what a killed writer left behind
             if rank == 0 and not os.path.exists(marker):
                 _clear_except_locks(root)  # killed while being created: nothing can be committed before INIT
+                if on_create is not None:
+                    on_create(schema)
                 cls._create(root, schema, codec_file)
             t0 = time.time()
             while not os.path.exists(marker):
@@ -104,6 +111,10 @@ class StoreWriter:
                     raise StoreError(f"{root}: rank 0 has not created the store after {wait_s:.0f} s")
                 time.sleep(0.2)
             existing = read_record(marker, root)
+            if existing.codec.get("coder", "latentstore.ans") != schema.codec.get("coder", "latentstore.ans"):
+                raise UsageError(f"cannot resume {root}: it was written with entropy coder "
+                                 f"{existing.codec.get('coder', 'latentstore.ans')}, this run asks for "
+                                 f"{schema.codec.get('coder')} (--bitstream)")
             for k in ("kind", "policy", "shard_size", "num_slots", "inputs_sha256", "label_names", "has_masks"):
                 if getattr(existing, k) != getattr(schema, k):
                     raise UsageError(f"cannot resume {root}: its {k} differs from this run's (different inputs or options)")
@@ -133,6 +144,18 @@ class StoreWriter:
         """Release the writer lock (idempotent)."""
         if self.lock is not None:
             self.lock.release()
+
+    def ideal_bits(self, samples: list[Sample], counts: np.ndarray) -> float:
+        """What an ideal coder spends on the samples under the store's own model: v1 from the (C, L) counts,
+        v2 from (channel, context) counts against the store's fitted tables."""
+        from .backends import schema_tables, store_coder
+        coder = store_coder(self.schema)
+        if coder != "latentstore.rans":
+            return cross_entropy_bits(counts, self.freqs)
+        from ..codec.entropy.rans_v2 import PROB_SCALE, context_counts
+        L = self.freqs.shape[1]
+        ctx = sum(context_counts(s.symbols, L) for s in samples)
+        return float(-(ctx * np.log2(schema_tables(self.schema, coder) / PROB_SCALE)).sum())
 
     def record_notes(self, notes: list[dict]) -> None:
         """Findings that are not inputs (an empty class folder): kept in the schema once finalized."""
@@ -170,7 +193,7 @@ class StoreWriter:
                 "latent_bytes": int(latent_bytes),
                 "entropy_payload_bytes": int(payload),  # entropy-coded symbols only
                 "index_bytes": int(index),  # shard index (Zarr); the rest of latent_bytes is per-sample container
-                "entropy_bits": cross_entropy_bits(counts, self.freqs) if samples else 0.0,
+                "entropy_bits": self.ideal_bits(samples, counts) if samples else 0.0,
             },
         }
         write_json_atomic(seal(part), self.part_path(k))

@@ -1,4 +1,7 @@
-"""`latentstore.ans`: entropy-coded latent symbols as a zarr v3 array->bytes codec, and its numcodecs twin.
+"""Entropy-coded latent symbols as zarr v3 array->bytes codecs, and their numcodecs twins:
+`latentstore.ans` (bitstream v1's coder) and `latentstore.rans` (v2's, see the second half).
+
+`latentstore.ans`:
 
 A chunk is uint8 symbols whose channel axis is `channel_axis` (1 for (n, C, h, w) chunks). Each
 channel is ANS-coded with its own frozen frequency table, carried in the codec's configuration,
@@ -19,6 +22,7 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.buffer import Buffer, NDBuffer
 
 from ..codec.entropy.ans_v1 import decode_words, encode_words
+from ..errors import BitstreamError
 
 CODEC_ID = "latentstore.ans"
 CODEC_VERSION = 1
@@ -111,3 +115,119 @@ class LatentANSNumcodec(NumcodecsCodec):
 
     def get_config(self):
         return {"id": CODEC_ID, "freqs": self.freqs, "shape": self.shape, "channel_axis": self.channel_axis}
+
+
+# ------------------------------------------------------------------------------ bitstream v2
+RANS_ID = "latentstore.rans"
+RANS_VERSION = 2
+
+
+def _rans_chunk_layout(shape: tuple, channel_axis: int) -> tuple[int, tuple[int, int, int]]:
+    """A chunk of n images: n, and one image's (C, h, w) (the axes after the channel axis are h, w)."""
+    if channel_axis != len(shape) - 3:
+        raise ValueError(f"{RANS_ID}: chunks must end in (C, h, w); channel_axis {channel_axis} of shape {shape}")
+    return int(np.prod(shape[:channel_axis], dtype=np.int64)), tuple(int(v) for v in shape[channel_axis:])
+
+
+def _payload_end(data: bytes, off: int) -> int:
+    """Where the self-delimiting v2 payload starting at `off` ends (its lane index gives every lane's length)."""
+    from ..codec.bitstream import _read_varint
+    K = data[off]
+    pos, m, total = off + 1, 0, 0
+    for k in range(K):
+        v, pos = _read_varint(data, pos)
+        m = v if k == 0 else m + ((v >> 1) ^ -(v & 1))  # zigzag-decoded difference to the previous lane
+        total += 4 + 2 * m
+    return pos + total
+
+
+def _encode_rans_chunk(a: np.ndarray, tables: np.ndarray, channel_axis: int) -> bytes:
+    from ..codec.entropy.rans_v2 import encode_batch
+    n, shape = _rans_chunk_layout(a.shape, channel_axis)
+    return b"".join(encode_batch(np.asarray(a, np.uint8).reshape((n,) + shape), tables))
+
+
+def _decode_rans_chunk(data: bytes, tables: np.ndarray, shape: tuple, channel_axis: int) -> np.ndarray:
+    from ..codec.entropy.rans_v2 import decode_batch
+    n, one = _rans_chunk_layout(shape, channel_axis)
+    payloads, off = [], 0
+    try:
+        for _ in range(n):
+            end = _payload_end(data, off)
+            payloads.append(data[off:end])
+            off = end
+    except (IndexError, BitstreamError):
+        raise ValueError(f"{RANS_ID}: chunk of {len(data)} bytes is truncated or corrupt (lane index)") from None
+    if off != len(data):
+        raise ValueError(f"{RANS_ID}: chunk is {len(data)} bytes, its lane indexes say {off} (truncated or corrupt)")
+    return decode_batch(payloads, tables, one).reshape(shape)
+
+
+@dataclass(frozen=True)
+class LatentRansCodec(ArrayBytesCodec):
+    """zarr v3 array->bytes codec for bitstream v2 payloads; configuration:
+    {"tables": C x (L+1) x L 12-bit counts, "channel_axis": int, "version": 2}."""
+
+    is_fixed_size = False
+    tables: tuple
+    channel_axis: int = 1
+
+    def __init__(self, *, tables, channel_axis: int = 1, version: int = RANS_VERSION) -> None:
+        if version != RANS_VERSION:
+            raise ValueError(f"{RANS_ID} version {version} is not supported (this package knows {RANS_VERSION})")
+        object.__setattr__(self, "tables", tuple(tuple(tuple(int(v) for v in row) for row in c) for c in tables))
+        object.__setattr__(self, "channel_axis", int(channel_axis))
+
+    @property
+    def table_array(self) -> np.ndarray:
+        return np.asarray(self.tables, dtype=np.uint16)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return cls(**dict(data.get("configuration", {})))
+
+    def to_dict(self) -> dict:
+        return {"name": RANS_ID, "configuration": {"tables": [[list(r) for r in c] for c in self.tables],
+                                                   "channel_axis": self.channel_axis, "version": RANS_VERSION}}
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
+        a = _decode_rans_chunk(chunk_bytes.to_bytes(), self.table_array, chunk_spec.shape, self.channel_axis)
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(a)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
+        return self._decode_sync(chunk_bytes, chunk_spec)
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
+        data = _encode_rans_chunk(chunk_array.as_numpy_array(), self.table_array, self.channel_axis)
+        return chunk_spec.prototype.buffer.from_bytes(data)
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
+        return self._encode_sync(chunk_array, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, _chunk_spec) -> int:
+        raise NotImplementedError  # variable size
+
+
+class LatentRansNumcodec(NumcodecsCodec):
+    """The numcodecs twin of `latentstore.rans`."""
+
+    codec_id = RANS_ID
+
+    def __init__(self, tables, shape, channel_axis: int = 1):
+        self.tables = np.asarray(tables, dtype=np.uint16).tolist()
+        self.shape = list(map(int, shape))
+        self.channel_axis = int(channel_axis)
+
+    def encode(self, buf):
+        a = np.asarray(buf, dtype=np.uint8).reshape(self.shape)
+        return _encode_rans_chunk(a, np.asarray(self.tables, np.uint16), self.channel_axis)
+
+    def decode(self, buf, out=None):
+        a = _decode_rans_chunk(bytes(buf), np.asarray(self.tables, np.uint16), tuple(self.shape), self.channel_axis)
+        if out is not None:
+            np.copyto(np.asarray(out).reshape(a.shape), a)
+            return out
+        return a
+
+    def get_config(self):
+        return {"id": RANS_ID, "tables": self.tables, "shape": self.shape, "channel_axis": self.channel_axis}

@@ -15,10 +15,17 @@ from ...errors import BitstreamError, StoreError
 from ..schema import StoreSchema
 
 
+def store_coder(schema: StoreSchema) -> str:
+    """The entropy coder of a store's latents (stores written before bitstream v2 name none: v1's)."""
+    return schema.codec.get("coder", "latentstore.ans")
+
+
 def schema_tables(schema: StoreSchema, coder_id: str):
-    """The coding tables a store's schema holds for `coder_id`."""
+    """The coding tables a store's schema holds for `coder_id` (v2: fitted to the store's own symbols)."""
     if coder_id == "latentstore.ans":
         return np.asarray(schema.codec["freqs"], dtype=np.int64)
+    if coder_id == "latentstore.rans" and "rans_tables" in schema.codec:
+        return np.asarray(schema.codec["rans_tables"], dtype=np.uint16)
     raise StoreError(f"store has no tables for entropy coder {coder_id!r}")
 
 
@@ -27,10 +34,12 @@ def decode_bitstream(schema: StoreSchema, data: bytes, where: str) -> np.ndarray
     try:
         header, payload = bs.unpack(data)
         if header.weights_hash != schema.codec["weights_hash"]:
-            raise BitstreamError(f"made by codec {header.codec_id} ({header.weights_hash}), "
+            raise BitstreamError(f"made by the codec with weights {header.weights_hash}, "
                                  f"not the store's {schema.codec['id']}")
         coder = coder_for_version(header.version)
-        return coder.decode(payload, schema_tables(schema, coder.id), header.shape)
+        tables = schema_tables(schema, coder.id)
+        bs.check_crc(header, payload, tables)
+        return coder.decode(payload, tables, header.shape)
     except BitstreamError as e:
         raise StoreError(f"{where}: {e}") from None
 
@@ -84,6 +93,15 @@ class Backend:
     def symbols(self, slot: int, checked: bool = False) -> np.ndarray:
         """(C, h, w) uint8. checked=True takes the path that checks every checksum on the way."""
         return decode_bitstream(self.schema, self.bitstream(slot), self.where(slot))
+
+    def payload(self, slot: int) -> bytes:
+        """The sample's entropy-coded payload without its container (v2: what the GPU decoder reads)."""
+        header, payload = bs.unpack(self.bitstream(slot))
+        return payload
+
+    def symbols_batch(self, slots) -> list[np.ndarray]:
+        """Symbols of several slots; layouts that can decode a batch in one call override this."""
+        return [self.symbols(int(s)) for s in slots]
 
     def mask(self, slot: int) -> np.ndarray | None:
         return None

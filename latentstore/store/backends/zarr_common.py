@@ -31,9 +31,12 @@ def small_array(g, name, shape, dtype, S, fill):
 def write_root_attrs(root: str, schema: StoreSchema) -> None:
     """Write the schema into the root zarr.json atomically (zarr's own attrs update rewrites it too)."""
     path = os.path.join(root, "zarr.json")
-    with open(path) as f:
-        meta = json.load(f)
-    meta.setdefault("attributes", {})[ATTRS_KEY] = schema.to_dict()
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+        meta.setdefault("attributes", {})[ATTRS_KEY] = schema.to_dict()
+    except (OSError, ValueError, AttributeError) as e:
+        raise StoreError(f"{path}: unreadable root metadata ({str(e).splitlines()[0][:120]}); the store is damaged") from None
     write_json_atomic(meta, path)
 
 

@@ -1,22 +1,28 @@
 """Zarr v3, fixed size: every image resized and centre-cropped to S, symbols in one sharded array.
 
     latents (N, C, S/8, S/8) uint8   sharded (shard_size, C, h, w), one image per inner chunk,
-                                     inner codecs [latentstore.ans, crc32c]
+                                     inner codecs [latentstore.rans (v2) or latentstore.ans (v1), crc32c];
+                                     v2 shard files are written directly from pre-encoded payloads
     masks   (N, S, S) uint8          when the store has masks (255 = no label)
 plus the per-slot arrays of zarr_common. With latentstore installed, plain `zarr.open` decodes it.
 """
 from __future__ import annotations
 
+import os
 from functools import cached_property
 
 import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from ..zarr_codec import LatentANSCodec
+from ...atomic import write_bytes_atomic
+from ...errors import StoreError
+from ..zarr_codec import LatentANSCodec, LatentRansCodec
+from .base import schema_tables, store_coder
 from .zarr_common import ZarrBackend
 
 LATENTS, MASKS, CENTRES = "latents", "masks", "centres"
-INNER_CHUNK_OVERHEAD = 8  # per image: the ANS chunk's u32 word count + the inner crc32c
+# per image, besides the entropy-coded payload: the inner crc32c, and v1's u32 word count
+INNER_CHUNK_OVERHEAD = {"latentstore.ans": 8, "latentstore.rans": 4}
 
 
 class ZarrFixedBackend(ZarrBackend):
@@ -27,9 +33,11 @@ class ZarrFixedBackend(ZarrBackend):
         N, S = self.schema.num_slots, self.rows_per_shard
         C, side = self.schema.codec["C"], self.schema.policy["size"]
         h = side // 8
+        coder = store_coder(self.schema)
+        serializer = LatentRansCodec(tables=schema_tables(self.schema, coder)) if coder == "latentstore.rans" \
+            else LatentANSCodec(freqs=self.schema.codec["freqs"])
         g.create_array(LATENTS, shape=(N, C, h, h), dtype="uint8", shards=(S, C, h, h), chunks=(1, C, h, h),
-                       serializer=LatentANSCodec(freqs=self.schema.codec["freqs"]), compressors=[Crc32cCodec()],
-                       fill_value=0)
+                       serializer=serializer, compressors=[Crc32cCodec()], fill_value=0)
         # symbol j means centres[j]: plain zarr users write `g["centres"][:][g["latents"][i]]`
         cen = g.create_array(CENTRES, shape=(self.schema.codec["L"],), dtype="float32", chunks=(self.schema.codec["L"],))
         cen[:] = np.asarray(self.schema.codec["centres"], dtype=np.float32)
@@ -48,19 +56,50 @@ class ZarrFixedBackend(ZarrBackend):
         if index is None:
             return 0, 0
         used = index[:, 0] != np.iinfo(np.uint64).max
-        return int(index[used, 1].sum()) - INNER_CHUNK_OVERHEAD * int(used.sum()), index.nbytes + 4
+        per = INNER_CHUNK_OVERHEAD[store_coder(self.schema)]
+        return int(index[used, 1].sum()) - per * int(used.sum()), index.nbytes + 4
+
     def write_payload(self, g, lo, n, rows, samples) -> None:
-        lat = g[LATENTS]
-        block = np.zeros((n,) + lat.shape[1:], np.uint8)
-        for r, s in zip(rows, samples):
-            block[r] = s.symbols
-        lat[lo: lo + n] = block
+        if store_coder(self.schema) == "latentstore.rans" and self.shard_reader is not None:
+            # the path as the reader finds it (no zarr metadata read: ~1 ms a lookup, per shard)
+            self._write_shard_file(self.shard_reader.shard_path(lo // self.rows_per_shard), rows, samples)
+        else:  # v1 (legacy): zarr runs latentstore.ans per chunk
+            lat = g[LATENTS]
+            block = np.zeros((n,) + lat.shape[1:], np.uint8)
+            for r, s in zip(rows, samples):
+                block[r] = s.symbols
+            lat[lo: lo + n] = block
         if self.schema.has_masks:
             m = np.full((n,) + g[MASKS].shape[1:], 255, np.uint8)
             for r, s in zip(rows, samples):
                 if s.mask is not None:
                     m[r] = s.mask
             g[MASKS][lo: lo + n] = m
+
+    def _write_shard_file(self, path: str, rows: list[int], samples: list) -> None:
+        """v2: the shard file written directly from the samples' payloads (zarr_shards.shard_file_bytes), the
+        bytes zarr itself would write; samples without a payload (callers other than conversion) are coded
+        here in one batch. An image whose symbols are all 0, the fill value, is an empty chunk, as zarr's
+        write_empty_chunks=False makes it (a sample from the GPU path carries its symbols only then)."""
+        from ...codec.entropy.rans_v2 import encode_batch
+        from .zarr_shards import shard_file_bytes
+        chunks: list = [None] * self.rows_per_shard
+        todo = []
+        for r, s in zip(rows, samples):
+            if s.symbols is not None and not s.symbols.any():
+                continue
+            if s.payload is None:
+                todo.append((r, s.symbols))
+            else:
+                chunks[r] = s.payload
+        if todo:
+            coded = encode_batch(np.stack([sym for _, sym in todo]), schema_tables(self.schema, "latentstore.rans"))
+            for (r, _), p in zip(todo, coded):
+                chunks[r] = p
+        data = shard_file_bytes(chunks)
+        if data is not None:  # the caller removed what an earlier attempt left; an all-empty shard has no file
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_bytes_atomic(path, data)
 
     def check_array(self, name: str, a) -> list[str]:
         side = self.schema.policy["size"]
@@ -71,11 +110,25 @@ class ZarrFixedBackend(ZarrBackend):
     @cached_property
     def shard_reader(self):
         from .zarr_shards import ShardReader
-        return ShardReader.for_store(self.root, np.asarray(self.schema.codec["freqs"], dtype=np.int64))
+        return ShardReader.for_store(self.root, lambda coder: schema_tables(self.schema, coder))
 
     def symbols(self, slot: int, checked: bool = False) -> np.ndarray:
         fast = None if checked else self.shard_reader
         return fast.read(slot) if fast is not None else self.group[LATENTS][slot]
+
+    def payload(self, slot: int) -> bytes:
+        fast = self.shard_reader
+        data = fast.payload(slot) if fast is not None else None
+        if data is None:
+            raise StoreError(f"{self.where(slot)}: no payload on the fast path (an all-fill chunk or another layout)")
+        return data
+
+    def symbols_batch(self, slots) -> np.ndarray:
+        """(B, C, h, w): one positioned read per image, one decode call for the batch."""
+        fast = self.shard_reader
+        if fast is None:
+            return np.stack([self.group[LATENTS][int(s)] for s in slots])
+        return fast.read_batch(slots)
 
     def mask(self, slot: int) -> np.ndarray | None:
         return self.group[MASKS][slot] if self.schema.has_masks else None

@@ -1,35 +1,70 @@
-"""A fast path for reading one image's symbols out of a sharded Zarr v3 latent array.
+"""A fast path for reading images' symbols out of a sharded Zarr v3 latent array.
 
 zarr-python spends over a millisecond per inner chunk in its async codec pipeline; a training
 loader wants tens of microseconds. The sharding format is a spec (zarr-specs, sharding codec v1.0):
 a shard file is its inner chunks followed by an index of (offset, nbytes) uint64 pairs, one per
 inner chunk, encoded by the index codecs (here: little-endian bytes + crc32c). We read the index
-once per shard, then one positioned read and one ANS decode per image. Used only when the array's
-metadata is exactly the layout latentstore writes; anything else goes through zarr itself.
+once per shard, then one positioned read per image, and decode a whole batch in one call (v2:
+numba rANS over every payload at once). Used only when the array's metadata is exactly the layout
+latentstore writes; anything else goes through zarr itself.
 Integrity: the chunk CRCs are checked by `latentstore verify` (through zarr), not on this hot path.
+
+Writing (`shard_file_bytes`) is the same layout in reverse, for the same reason: conversion already has
+each image's entropy-coded payload (numba over a whole shard, or the GPU's rANS encoder), and handing
+symbols to zarr would make it re-encode them one chunk at a time through its async pipeline.
 """
 from __future__ import annotations
 
 import json
 import os
-import struct
 
+import google_crc32c
 import numpy as np
 
-from ..zarr_codec import CODEC_ID, _decode_chunk
+from ..zarr_codec import CODEC_ID, RANS_ID, _decode_chunk
 
 EMPTY = 2 ** 64 - 1
+INNER_CRC = 4  # the inner crc32c after each chunk's payload
+
+
+def _crc32c(data: bytes) -> bytes:
+    """zarr's Crc32cCodec: crc32c of the bytes, appended as a little-endian uint32."""
+    return int(google_crc32c.value(data)).to_bytes(4, "little")
+
+
+def shard_file_bytes(chunks: list) -> bytes | None:
+    """One shard file as zarr's sharding codec writes it with latentstore's layout (and ShardReader reads it):
+    `chunks` has one entry per row of the shard, a payload (bytes) or None for an empty row. The stored
+    chunks, each its payload + crc32c, back to back in row order (zarr's order for one-image chunks: the
+    Morton order of (row, 0, 0, 0) is row order); then the index, (offset, nbytes) uint64 little-endian per
+    row, 2**64-1 twice for an empty row; then the index's crc32c. None when every row is empty: zarr then
+    writes no file at all."""
+    index = np.full((len(chunks), 2), EMPTY, dtype="<u8")
+    parts, off = [], 0
+    for j, payload in enumerate(chunks):
+        if payload is None:
+            continue
+        parts += [payload, _crc32c(payload)]
+        index[j] = (off, len(payload) + INNER_CRC)
+        off += len(payload) + INNER_CRC
+    if not parts:
+        return None
+    raw = index.tobytes()
+    return b"".join(parts + [raw, _crc32c(raw)])
 
 
 class ShardReader:
-    def __init__(self, array_dir: str, shard_rows: int, chunk_shape: tuple, freqs: np.ndarray, key_sep: str):
-        self.dir, self.S, self.chunk_shape, self.freqs, self.sep = array_dir, shard_rows, chunk_shape, freqs, key_sep
-        self._index: dict[int, np.ndarray] = {}
+    def __init__(self, array_dir: str, shard_rows: int, chunk_shape: tuple, coder: str, tables: np.ndarray,
+                 key_sep: str):
+        self.dir, self.S, self.chunk_shape, self.sep = array_dir, shard_rows, chunk_shape, key_sep
+        self.coder, self.tables = coder, tables
+        self._index: dict[int, np.ndarray | None] = {}
         self._fds: dict[int, int] = {}
         self._sizes: dict[int, int] = {}
 
     @classmethod
-    def for_store(cls, root: str, freqs: np.ndarray) -> "ShardReader | None":
+    def for_store(cls, root: str, tables_for) -> "ShardReader | None":
+        """`tables_for(coder_id)` gives the store's tables for the array's coder."""
         d = os.path.join(root, "latents")
         try:
             with open(os.path.join(d, "zarr.json")) as f:
@@ -39,7 +74,7 @@ class ShardReader:
             inner = [c["name"] for c in cfg["codecs"]]
             index = [c["name"] for c in cfg["index_codecs"]]
             enc = meta["chunk_key_encoding"]
-            ok = (shard["name"] == "sharding_indexed" and inner == [CODEC_ID, "crc32c"]
+            ok = (shard["name"] == "sharding_indexed" and inner[1:] == ["crc32c"] and inner[0] in (CODEC_ID, RANS_ID)
                   and index == ["bytes", "crc32c"] and cfg.get("index_location", "end") == "end"
                   and enc["name"] == "default" and cfg["chunk_shape"][0] == 1
                   and cfg["index_codecs"][0].get("configuration", {}).get("endian", "little") == "little")
@@ -47,17 +82,17 @@ class ShardReader:
                 return None
             S = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
             sep = enc.get("configuration", {}).get("separator", "/")
-            return cls(d, S, tuple(cfg["chunk_shape"]), freqs, sep)
+            return cls(d, S, tuple(cfg["chunk_shape"]), inner[0], tables_for(inner[0]), sep)
         except (OSError, KeyError, ValueError, TypeError):
             return None
 
-    def _shard_path(self, k: int) -> str:
+    def shard_path(self, k: int) -> str:
         ndim = len(self.chunk_shape)
         return os.path.join(self.dir, "c" + self.sep + self.sep.join([str(k)] + ["0"] * (ndim - 1)))
 
     def _fd_index(self, k: int):
         if k not in self._index:
-            path = self._shard_path(k)
+            path = self.shard_path(k)
             if not os.path.exists(path):
                 self._index[k] = None
                 return None, None
@@ -71,25 +106,49 @@ class ShardReader:
         return self._fds.get(k), self._index[k]
 
     def shard_index(self, k: int) -> np.ndarray | None:
-        """(rows, 2) uint64 (offset, nbytes) of shard k's inner chunks, read fresh from the file."""
+        """(rows, 2) uint64 (offset, nbytes) of shard k's inner chunks, read fresh from the file. Nothing stays
+        open: the writer calls this once per shard it commits, and a rank writes thousands of shards."""
+        self._forget(k)
+        index = self._fd_index(k)[1]
+        self._forget(k)
+        return index
+
+    def _forget(self, k: int) -> None:
         self._index.pop(k, None)
         fd = self._fds.pop(k, None)
         if fd is not None:
             os.close(fd)
-        return self._fd_index(k)[1]
+
+    def payload(self, slot: int) -> bytes | None:
+        """The image's entropy-coded chunk (inner CRC dropped), or None for an all-fill (unwritten) chunk."""
+        k, j = divmod(slot, self.S)
+        fd, index = self._fd_index(k)
+        if index is None or index[j, 0] == EMPTY:
+            return None
+        off, nbytes = int(index[j, 0]), int(index[j, 1])
+        if off + nbytes > self._sizes[k] or nbytes < INNER_CRC + 1:
+            raise ValueError(f"shard {k}: index entry {j} points outside the file (damaged; run latentstore verify)")
+        return os.pread(fd, nbytes, off)[:-INNER_CRC]
 
     def read(self, slot: int) -> np.ndarray:
         """(C, h, w) uint8 symbols of the image at `slot`."""
-        k, j = divmod(slot, self.S)
-        fd, index = self._fd_index(k)
-        shape = self.chunk_shape
-        if index is None or index[j, 0] == EMPTY:
-            return np.zeros(shape[1:], np.uint8)  # an all-fill chunk is not stored: symbol 0 everywhere
-        off, nbytes = int(index[j, 0]), int(index[j, 1])
-        if off + nbytes > self._sizes[k] or nbytes < 8:
-            raise ValueError(f"shard {k}: index entry {j} points outside the file (damaged; run latentstore verify)")
-        data = os.pread(fd, nbytes, off)[:-4]  # drop the inner crc32c
-        return _decode_chunk(data, self.freqs, shape, 1)[0]
+        return self.read_batch([slot])[0]
+
+    def read_batch(self, slots) -> np.ndarray:
+        """(B, C, h, w) uint8 symbols of the images at `slots`, decoded in one call."""
+        shape = self.chunk_shape[1:]
+        out = np.zeros((len(slots),) + shape, np.uint8)  # an all-fill chunk is not stored: symbol 0 everywhere
+        data = [self.payload(int(s)) for s in slots]
+        have = [i for i, d in enumerate(data) if d is not None]
+        if not have:
+            return out
+        if self.coder == RANS_ID:
+            from ...codec.entropy.rans_v2 import decode_batch
+            out[have] = decode_batch([data[i] for i in have], self.tables, shape)
+        else:
+            for i in have:
+                out[i] = _decode_chunk(data[i], self.tables, self.chunk_shape, 1)[0]
+        return out
 
     def __getstate__(self):  # file descriptors do not cross into DataLoader workers
         d = dict(self.__dict__)

@@ -1,0 +1,195 @@
+"""Conversion's encoding stages, one code path for the CPU and the GPU: pixels -> symbols -> payloads.
+
+    launch(ok)   stack the batch -> [0, 1] floats, channels_last -> encoder (bf16 autocast on CUDA) -> the fused
+                 symbols + histogram kernel. Asynchronous on the GPU.                             (main thread)
+    finish(h)    what the host needs of a batch. CPU path: its symbols. GPU path (v2 stores of fixed size):
+                 the rANS lanes of its payloads (the Triton encoder, on a side stream), its context counts
+                 and which images are all zeros; the symbols stay on the device. The pipeline finishes a
+                 batch after it has launched the next one, so the GPU always has the next encoder queued
+                 while the host waits for this batch's entropy coding.                         (main thread)
+    code(...)    a shard's payloads: numba rANS over all its host symbols at once (threads split it), or the
+                 assembly of the GPU's lanes into payloads (a byte shuffle).                     (writer thread)
+Both coders give the same bytes (tests/test_bitstream_v2.py, tests/test_convert.py), so a store's bytes do
+not depend on where it was entropy-coded; they do depend on the encoder's arithmetic (fp32 on the CPU, bf16
+on CUDA), as before. torch.backends.cudnn.benchmark stays off: its timed choice of convolution algorithms
+could round differently from one run to the next, and the same inputs must give the same bytes.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..codec import bitstream as bs
+from ..codec.entropy import rans_v2
+from ..device import autocast_for
+
+RANS = "latentstore.rans"
+
+
+@dataclass
+class EncodedBatch:
+    slots: list[int]
+    metas: list[dict]
+    counts: np.ndarray  # (C, L) hard histogram (v1 stores) or (C, L+1, L) context counts (v2), the batch's
+    shape: tuple  # one image's (C, h, w)
+    symbols: np.ndarray | None = None  # (B, C, h, w) uint8 on the host; None on the GPU path
+    device_symbols: torch.Tensor | None = None  # GPU path, stores with masks: a bad mask's sample is read back
+    lanes: tuple | None = None  # GPU path: host (words uint16 (B, K, M), word counts (B, K), final states (B, K))
+    zero: np.ndarray | None = None  # GPU path: (B,) images whose symbols are all 0 (stored as empty chunks)
+
+    def host_symbols(self, i: int) -> np.ndarray | None:
+        """What a Sample carries: the symbols on the CPU path; on the GPU path none, but for an all-zero image
+        (fixed-size Zarr stores those as empty chunks and must see them)."""
+        if self.symbols is not None:
+            return self.symbols[i]
+        return np.zeros(self.shape, np.uint8) if self.zero[i] else None
+
+    def read_back(self, i: int) -> np.ndarray:
+        return self.symbols[i] if self.symbols is not None else self.device_symbols[i].cpu().numpy()
+
+
+def context_counts_t(sym: torch.Tensor, L: int) -> torch.Tensor:
+    """rans_v2.context_counts on the symbols' device: (B, C, h, w) -> (C, L+1, L) int64, one bincount."""
+    B, C, h, w = sym.shape
+    s = sym.to(torch.int64)
+    ctx = torch.full_like(s, L)
+    ctx[:, :, 1:] = s[:, :, :-1]
+    idx = (torch.arange(C, device=s.device).view(1, C, 1, 1) * (L + 1) + ctx) * L + s
+    return torch.bincount(idx.flatten(), minlength=C * (L + 1) * L).view(C, L + 1, L)
+
+
+def sample_counts(sym: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """One image's share of a shard's counts, in their kind ((C, L+1, L) context counts or (C, L))."""
+    if counts.ndim == 3:
+        return rans_v2.context_counts(sym, counts.shape[-1])
+    return np.stack([np.bincount(c, minlength=counts.shape[1]) for c in sym.reshape(len(counts), -1)])
+
+
+def pixels(group: list, device: str) -> torch.Tensor:
+    """[(slot, HWC uint8 image (numpy, or a device tensor from DALI), meta)] -> (B, 3, H, W) in [0, 1],
+    channels_last (NHWC from DALI is already that layout; the stack is the one copy of the decoded pixels)."""
+    imgs = [o[1] for o in group]
+    t = torch.stack(imgs) if torch.is_tensor(imgs[0]) else torch.from_numpy(np.stack(imgs))
+    x = t.to(device).permute(0, 3, 1, 2).float() / 255.0
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+class Encoder:
+    """model: the codec on `device`, channels_last. gpu_coding: entropy-code v2 payloads with the Triton
+    encoder (on CUDA by default; `entropy="triton"` forces it, also on the CPU through TRITON_INTERPRET)."""
+
+    def __init__(self, model, device: str, schema, entropy: str = "auto", compile_encoder: bool = False):
+        self.model, self.device = model, device
+        self.C, self.L = schema.codec["C"], schema.codec["L"]
+        self.v2 = schema.codec.get("coder") == RANS
+        self.fixed = schema.policy["mode"] == "fixed"
+        self.side = schema.policy.get("size")
+        self.gpu_coding = self.v2 and self.fixed and (entropy == "triton" or (entropy == "auto" and device == "cuda"))
+        self.keep_device_symbols = schema.has_masks  # only a bad mask needs a sample's symbols back
+        self.stream = torch.cuda.Stream() if self.gpu_coding and device == "cuda" else None
+        self.tables = self.tables_t = None
+        self._forward = None
+        if compile_encoder:  # fixed shapes only: every batch is padded to the full batch (no recompiles)
+            enc, norm = model.encoder, model.normalise
+            self._forward = torch.compile(lambda x: enc.forward_unbiased(norm(x)), dynamic=False)
+
+    def set_tables(self, tables: np.ndarray | None) -> None:
+        """v2: the store's own tables, once the store exists (the table fit before it needs none)."""
+        self.tables = tables
+        if tables is not None and self.gpu_coding:
+            self.tables_t = torch.from_numpy(np.asarray(tables, np.int64)).to(self.device)
+
+    def zero_counts(self) -> np.ndarray:
+        return np.zeros((self.C, self.L + 1, self.L) if self.v2 else (self.C, self.L), np.int64)
+
+    # ------------------------------------------------------------------------------- main thread
+    @torch.no_grad()
+    def launch(self, ok: list, host: bool = False, pad_to: int = 0):
+        """Start encoding a decoded batch; host=True: finish() brings the symbols to the host (the table fit)."""
+        groups = [ok] if self.fixed else [[o] for o in ok]  # native: shapes differ, one image at a time
+        out = []
+        for g in (g for g in groups if g):
+            x = pixels(g, self.device)
+            with autocast_for(self.device):
+                r = self._symbols(x, pad_to)
+            ev = None
+            if self.stream is not None and not host:
+                ev = torch.cuda.Event()
+                ev.record()  # the side stream starts this batch's entropy coding from here
+            metas = [o[2] for o in g]
+            for o, meta in zip(g, metas):
+                meta["stored_size"] = tuple(int(v) for v in o[1].shape[:2])
+            # g is kept until finish(): DALI may reuse an output buffer once nothing references it, and only
+            # finish() knows that the stack above has run on the GPU (it waits for later work of this batch)
+            out.append(([o[0] for o in g], metas, r["symbols"], r["hard_hist"], ev, g))
+        return ("host" if host or not self.gpu_coding else "device", out)
+
+    def _symbols(self, x: torch.Tensor, pad_to: int) -> dict:
+        if self._forward is None:
+            return self.model.symbols(x)
+        import latentstore_kernels as K
+        n = x.shape[0]
+        if pad_to > n:
+            x = torch.cat([x, x.new_zeros((pad_to - n,) + x.shape[1:])]).contiguous(memory_format=torch.channels_last)
+        z, bias = self._forward(x)
+        return K.symbols(z[:n], self.model.quantizer.centres.detach(), bias.detach())
+
+    def finish(self, launched) -> list[EncodedBatch]:
+        """A launched batch -> its EncodedBatches (a list given here is already finished: a table-fit batch)."""
+        if isinstance(launched, list):
+            return launched
+        kind, groups = launched
+        return [self._host(*g) if kind == "host" else self._device(*g) for g in groups]
+
+    def _host(self, slots, metas, sym, hist, _ev, _pixels) -> EncodedBatch:
+        s = sym.cpu().numpy()
+        counts = rans_v2.context_counts(s, self.L) if self.v2 else hist.cpu().numpy()
+        return EncodedBatch(slots, metas, counts, s.shape[1:], symbols=s)
+
+    def _device(self, slots, metas, sym, hist, ev, _pixels) -> EncodedBatch:
+        from latentstore_kernels.rans import encode_lanes
+        K = rans_v2.lanes_for(None, *sym.shape[1:])
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            if self.stream is not None:
+                self.stream.wait_event(ev)
+                sym.record_stream(self.stream)  # made on the main stream, read on this one
+            counts = context_counts_t(sym, self.L)
+            zero = sym.flatten(1).amax(1) == 0
+            words, nwords, states = encode_lanes(sym, self.tables_t, K)  # waits for this stream only
+            # words are 16-bit values in int32: halved before they cross (int16 wraps them; read back as uint16)
+            lanes = (words.to(torch.int16).cpu().numpy().view(np.uint16), nwords.cpu().numpy(), states.cpu().numpy())
+            return EncodedBatch(slots, metas, counts.cpu().numpy(), tuple(sym.shape[1:]), lanes=lanes,
+                                zero=zero.cpu().numpy(), device_symbols=sym if self.keep_device_symbols else None)
+
+    # ----------------------------------------------------------------------------- writer thread
+    def code(self, samples: list, refs: list, threads: int) -> None:
+        """v2 payloads of a shard's samples (refs: each sample's (EncodedBatch, row)): the GPU's lanes assembled,
+        host symbols coded by numba in one call per latent shape (fixed size: the whole shard)."""
+        from ..codec.entropy.rans_kernels_cpu import assemble_range
+        by_shape: dict = {}
+        assembled: dict = {}
+        for s, (b, i) in zip(samples, refs):
+            if b.lanes is None:
+                by_shape.setdefault(b.symbols.shape[1:], []).append((s, b.symbols[i]))
+                continue
+            if id(b) not in assembled:
+                words, nwords, states = b.lanes
+                out = np.empty((len(words), 1 + 9 * words.shape[1] + 2 * words.shape[1] * words.shape[2]), np.uint8)
+                lengths = np.zeros(len(words), np.int64)
+                assemble_range(words, nwords, states, out, lengths)
+                assembled[id(b)] = [out[j, :n].tobytes() for j, n in enumerate(lengths)]
+            s.payload = assembled[id(b)][i]
+        for group in by_shape.values():
+            coded = rans_v2.encode_batch(np.stack([sym for _, sym in group]), self.tables, threads=threads)
+            for (s, _), p in zip(group, coded):
+                s.payload = p
+
+    def bitstream(self, s) -> bytes:
+        """A v2 sample's complete bitstream from its payload: what codec.pack makes, without coding again."""
+        C, h, w = s.symbols.shape if s.symbols is not None else (self.C, self.side // 8, self.side // 8)
+        m = self.model
+        header = bs.Header(m.name, m.hash, C, self.L, h, w, int(s.stored_size[0]), int(s.stored_size[1]), 2)
+        return bs.pack(header, s.payload, self.tables)

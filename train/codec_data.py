@@ -1,0 +1,73 @@
+"""The codec's training crops: every offline training photo, multi-scale random crops and flips, kept on the device.
+
+A crop covers a square of side crop/s pixels of a photo, s drawn log-uniformly in [min_scale, 1], and is
+resized to crop x crop (antialiased): at min_scale 0.25 a 6,000-px wallpaper gives crops from pixel-level
+texture to a quarter of the scene. Photos are decoded once and held on the training device as uint8
+(a GPU never waits for the CPU); every random draw comes from one CPU generator, so a resumed run
+replays exactly the crops an uninterrupted one would have seen.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from latentstore.data.photos import available_photos, resize_shorter
+from latentstore.errors import UsageError
+
+
+def load_training_photos(crop: int, photo_side: int = 0, max_photos: int = 0, device: str = "cpu") -> list[torch.Tensor]:
+    """(3, H, W) uint8 tensors on `device`: the training split (photo_side > 0 downscales the shorter side)."""
+    photos = available_photos("train")
+    if max_photos:
+        photos = photos[:max_photos]
+    if not photos:
+        raise UsageError("no training photos found (install scikit-image or the Debian wallpaper packages)")
+    out = []
+    for p in photos:
+        a = p.load()
+        a = resize_shorter(a, photo_side) if photo_side else a
+        if min(a.shape[:2]) >= crop:
+            out.append(torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).contiguous().to(device))
+    if not out:
+        raise UsageError(f"no training photo has a side of at least {crop} px")
+    return out
+
+
+def sample_batch(photos: list[torch.Tensor], batch_size: int, crop: int, gen: torch.Generator,
+                 min_scale: float = 1.0) -> torch.Tensor:
+    """(B, 3, crop, crop) float in [0, 1] on the photos' device; all randomness from `gen` (resume replays it)."""
+    crops = []
+    for _ in range(batch_size):
+        img = photos[int(torch.randint(len(photos), (1,), generator=gen))]
+        _, h, w = img.shape
+        side = crop
+        if min_scale < 1.0:  # log-uniform scale: as many crops per octave of detail
+            u = float(torch.rand((), generator=gen))
+            s = math.exp(math.log(min_scale) * u)
+            side = max(crop, min(h, w, int(round(crop / s))))
+        y = int(torch.randint(h - side + 1, (1,), generator=gen))
+        x = int(torch.randint(w - side + 1, (1,), generator=gen))
+        c = img[:, y: y + side, x: x + side]
+        if int(torch.randint(2, (1,), generator=gen)):
+            c = c.flip(-1)
+        c = c.float() / 255.0
+        if side != crop:
+            c = F.interpolate(c[None], size=(crop, crop), mode="bilinear", antialias=True, align_corners=False)[0]
+        crops.append(c)
+    return torch.stack(crops).clamp_(0, 1)
+
+
+def msssim_distortion(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """1 - MS-SSIM on [0, 1] images (differentiable), with as many of the 5 scales as the crop allows."""
+    from pytorch_msssim import ms_ssim
+    side = min(x.shape[-2:])
+    win = 11 if side > 160 else 7 if side > 96 else 5 if side > 64 else 3
+    weights = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
+    scales = 5
+    while scales > 1 and side // 2 ** (scales - 1) < win:
+        scales -= 1
+    w = [v / sum(weights[:scales]) for v in weights[:scales]]
+    return 1 - ms_ssim(x_hat.float().clamp(0, 1), x, data_range=1.0, size_average=True, win_size=win, weights=w)
