@@ -92,8 +92,9 @@ def report(rows: list[dict], a) -> None:
         w.writeheader()
         w.writerows(rows)
     lines = ["# Joint compression + classification finetuning vs the control (Fashion-MNIST, 64x64)", "",
-             f"Command: `python benchmarks/joint.py --work {a.work} --steps {a.steps} --seeds "
-             f"{' '.join(map(str, a.seeds))} --gamma {a.gamma}`; {os.cpu_count()}-core CPU, no GPU; "
+             f"Command: `python benchmarks/joint.py --work {a.work} --steps {a.steps} --batch-size {a.batch_size} --seeds "
+             f"{' '.join(map(str, a.seeds))} --gamma {a.gamma} --baseline-epochs {a.baseline_epochs}`; "
+             f"{os.cpu_count()}-core CPU, no GPU; "
              f"{time.strftime('%Y-%m-%d')}.", "",
              "top-1 on the 10k test images from the codec's symbols; bpp from the symbols' empirical entropy and "
              "from real bytes (first 2,000 test images); PSNR / MS-SSIM of the codec on the validation photos.", "",

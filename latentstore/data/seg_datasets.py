@@ -2,7 +2,7 @@
 
 Latent stores with masks need nothing new: `LatentMapDataset` yields `latent` + `mask`, and its
 `LatentAugment` crops the mask at 8x the latent crop and flips both. The pixel inputs here run the
-*same* `LatentAugment` with the same generator seed (seed, epoch, index, 1): a crop of c latent
+*same* `LatentAugment` with the same draws (seed, epoch, index): a crop of c latent
 cells is a crop of 8c pixels at a multiple of 8, and sample i of epoch e gets the same crop and flip
 whether a run reads its latents, its reconstruction or its original. So the three runs of a
 comparison see the same views of the same scenes, and differ only in what they read.
@@ -103,7 +103,7 @@ class PixelSegDataset(Dataset):
         # image and mask as one (S, S, 4) array through the latents' augmentation: one crop and flip for both,
         # drawn exactly as LatentMapDataset draws them for sample i (the empty (0, S/8, S/8) stands in for it)
         both = np.concatenate([rgb, mask[..., None]], axis=-1)
-        rng = np.random.default_rng([self.seed, epoch, i, 1])
-        _, both = self.augment(np.empty((0, s // 8, s // 8), np.uint8), both, rng)
+        p = self.augment.params(s // 8, s // 8, self.seed, epoch, [i])[0]
+        _, both = self.augment.apply(np.empty((0, s // 8, s // 8), np.uint8), both, p)
         return {"image": to_input(both[..., :3]), "mask": torch.from_numpy(np.ascontiguousarray(both[..., 3])),
                 "label": -1, "index": i}

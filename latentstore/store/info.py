@@ -96,5 +96,5 @@ def format_info(d: dict) -> str:
         p = d["imagenet_projection"]
         lines += [f"ImageNet-1k    {p['gb_at_256x256']:.2f} GB at 256x256; {p['gb_at_paper_resolution']:.2f} GB at the paper's "
                   f"~{p['paper_pixels_per_image'] / 1e3:.0f}k px/image (payload + {p['overhead_bytes_per_sample']:.0f} B/sample "
-                  f"of container; paper: {p['paper_gb']} GB at 0.635 bpp; JPEG: {p['paper_jpeg_gb']:.0f} GB)"]
+                  f"of container and index; paper: {p['paper_gb']} GB at 0.635 bpp; JPEG: {p['paper_jpeg_gb']:.0f} GB)"]
     return "\n".join(lines)
