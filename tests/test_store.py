@@ -196,3 +196,23 @@ def test_augmentation_and_gpu_style_dequantize(stores):
     assert torch.equal(x, torch.from_numpy(s.symbols(0)[:, 2:6, 2:6]))  # centre crop of 8x8
     f = dequantize_on(x[None], s.centres, "cpu")
     assert torch.allclose(f[0], torch.from_numpy(s.centres[s.symbols(0)[:, 2:6, 2:6]]))
+
+
+def test_a_samples_crop_and_flip_depend_on_it_alone(stores):
+    """The batched path draws each sample's crop and flip from (seed, epoch, index): the same in any batch, in
+    any order, and the same as cropping that sample by hand; the draws cover every offset and both flips."""
+    from latentstore.data.datasets import LatentAugment, sample_uniforms
+    u = sample_uniforms(0, 3, np.arange(4000), 3)
+    assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.02
+    assert np.array_equal(sample_uniforms(0, 3, [17, 5], 3), u[[17, 5]])
+    assert not np.array_equal(sample_uniforms(0, 4, [17], 3), u[[17]])  # a new epoch, new draws
+    p = LatentAugment(crop=5).params(8, 8, 0, 3, np.arange(4000))
+    assert set(p[:, 0]) == set(range(4)) and set(p[:, 1]) == set(range(4)) and set(p[:, 4]) == {0, 1}
+    ds = LatentMapDataset(stores["zarr"], crop=5)
+    s = open_store(stores["zarr"])
+    one = {d["index"]: d["latent"] for d in ds.samples([3, 0, 2], epoch=1)}
+    other = {d["index"]: d["latent"] for d in ds.samples([2, 3], epoch=1)}
+    assert torch.equal(one[2], other[2]) and torch.equal(one[3], other[3])
+    y, x, ch, cw, flip = LatentAugment(crop=5).params(8, 8, 0, 1, [3])[0]
+    ref = s.symbols(3)[:, y: y + ch, x: x + cw]
+    assert torch.equal(one[3], torch.from_numpy(np.ascontiguousarray(ref[:, :, ::-1] if flip else ref)))
