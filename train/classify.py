@@ -13,20 +13,17 @@ them; log.csv and curves.png record the run.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from latentstore.data.datasets import LatentMapDataset, ResumableLoader
 from latentstore.device import autocast_for, resolve_device
 from latentstore.errors import UsageError
 from latentstore.models.resnet import build
-from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from latentstore_train.common import batch_input, init_dist as _dist, lr_at, write_logs  # shared with seg
+from latentstore_train.common import batch_input, init_dist as _dist, run_epochs  # shared with seg
 
 
 @dataclass
@@ -146,66 +143,20 @@ def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
     loader = ResumableLoader(train_ds, cfg.batch_size, cfg.num_workers, cfg.seed, rank, world,
                              pin_memory=device == "cuda")
     val_loader = ResumableLoader(val_ds, 256, cfg.num_workers, cfg.seed, rank=0, world=1, shuffle=False)
-    steps_per_epoch = len(loader)
-    gen = torch.Generator().manual_seed(cfg.seed)  # unused by the data (seeded per sample); kept for the RNG record
-    step, log, epochs_log, elapsed = 0, [], [], 0.0
     resolved = {**asdict(cfg), "device_resolved": device, "world_size": world, "num_classes": n_classes,
                 "in_channels": cin, "train_samples": len(train_ds), "val_samples": len(val_ds)}
-    if has_checkpoint(out_dir):
-        meta = load_checkpoint(out_dir, model, opt, gen)
-        step, log, epochs_log, elapsed = meta["step"], meta["log"], meta["epochs_log"], meta["elapsed"]
-        loader.load_state_dict(meta["loader"])
-    total_steps = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-    t0 = time.time() - elapsed
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
-        bar = tqdm(total=total_steps, initial=step, desc=f"{cfg.model}/{cfg.input}", unit="step")
 
-    def checkpoint():
-        if rank == 0:
-            save_checkpoint(out_dir, step, model, opt, gen, resolved,
-                            {"log": log, "epochs_log": epochs_log, "elapsed": time.time() - t0,
-                             "loader": loader.state_dict()})
-            write_logs(out_dir, log, epochs_log)
+    def step_loss(b):
+        x = batch_input(b, centres, device, decoders[0])
+        y = b["label"].to(device, non_blocking=True)
+        with autocast_for(device):
+            return F.cross_entropy(ddp_model(x).float(), y)
 
-    model.train()
-    epoch_start = time.time()
-    while step < total_steps:
-        epoch = loader.epoch
-        for b in loader:
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step, steps_per_epoch, world)
-            x = batch_input(b, centres, device, decoders[0])
-            y = b["label"].to(device, non_blocking=True)
-            with autocast_for(device):
-                loss = F.cross_entropy(ddp_model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            log.append({"step": step, "epoch": epoch, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
-                        "seconds": time.time() - t0})
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0:
-                checkpoint()
-            if step >= total_steps:
-                break
-        if loader.batches_done == steps_per_epoch:  # stopped on the epoch's last batch: close the epoch
-            loader.set_epoch(epoch + 1)
-        if loader.batches_done == 0:  # the epoch ran to its end
-            ev = evaluate(model, val_loader, centres, device, decoders[1]) if rank == 0 else {}
-            epochs_log.append({"epoch": epoch + 1, "step": step, "epoch_seconds": time.time() - epoch_start, **ev})
-            epoch_start = time.time()
-            checkpoint()
-    if bar:
-        bar.close()
-    checkpoint()
-    if world > 1:
-        dist.barrier()
-    return {"steps": step, "epochs": epochs_log, "log": log, "config": resolved}
+    def end_epoch(epoch, train_s):
+        return evaluate(model, val_loader, centres, device, decoders[1]) if rank == 0 else {}
+
+    run = run_epochs(cfg, out_dir, model, opt, loader, resolved, step_loss, end_epoch, rank, world, progress)
+    return {**run, "config": resolved}
 
 
 if __name__ == "__main__":  # python -m latentstore_train.classify: the same options as `latentstore train classify`

@@ -89,3 +89,71 @@ def write_logs(out_dir: str, log: list, epochs_log: list, metrics=(("top1", "top
             plt.close(fig)
         except Exception as e:  # a plot must not kill a run
             print(f"plot skipped: {e}")
+
+
+def run_epochs(cfg, out_dir: str, model: torch.nn.Module, opt: torch.optim.Optimizer, loader, resolved: dict,
+               step_loss, end_epoch, rank: int, world: int, progress: bool = True, plot_metrics=None,
+               plot_title: str = "validation accuracy (%)") -> dict:
+    """The epoch loop of classification and segmentation: exact resume from out_dir's checkpoint, warmup+cosine
+    lr, one optimizer step per batch, a per-step log, checkpoints every cfg.ckpt_every steps and at each epoch's
+    end (after `end_epoch(epoch, train_seconds) -> dict`, which evaluates on rank 0 and returns {} elsewhere).
+    step_loss(batch) -> the batch's loss under autocast. cfg: lr, batch_size, warmup_epochs, epochs, max_steps,
+    ckpt_every, seed, model, input. Returns steps, epochs (the per-epoch log) and log (the per-step log)."""
+    import time
+
+    from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+    steps_per_epoch = len(loader)
+    gen = torch.Generator().manual_seed(cfg.seed)  # unused by the data (seeded per sample); kept for the RNG record
+    step, log, epochs_log, elapsed = 0, [], [], 0.0
+    if has_checkpoint(out_dir):
+        meta = load_checkpoint(out_dir, model, opt, gen)
+        step, log, epochs_log, elapsed = meta["step"], meta["log"], meta["epochs_log"], meta["elapsed"]
+        loader.load_state_dict(meta["loader"])
+    total_steps = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    t0 = time.time() - elapsed
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=step, desc=f"{cfg.model}/{cfg.input}", unit="step")
+
+    def checkpoint():
+        if rank == 0:
+            save_checkpoint(out_dir, step, model, opt, gen, resolved,
+                            {"log": log, "epochs_log": epochs_log, "elapsed": time.time() - t0,
+                             "loader": loader.state_dict()})
+            write_logs(out_dir, log, epochs_log, *((plot_metrics, plot_title) if plot_metrics else ()))
+
+    model.train()
+    epoch_start = time.time()
+    while step < total_steps:
+        epoch = loader.epoch
+        for b in loader:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step, steps_per_epoch, world)
+            loss = step_loss(b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            log.append({"step": step, "epoch": epoch, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+                        "seconds": time.time() - t0})
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0:
+                checkpoint()
+            if step >= total_steps:
+                break
+        if loader.batches_done == steps_per_epoch:  # stopped on the epoch's last batch: close the epoch
+            loader.set_epoch(epoch + 1)
+        if loader.batches_done == 0:  # the epoch ran to its end
+            train_s = time.time() - epoch_start
+            epochs_log.append({"epoch": epoch + 1, "step": step, "epoch_seconds": train_s, **end_epoch(epoch, train_s)})
+            epoch_start = time.time()
+            checkpoint()
+    if bar:
+        bar.close()
+    checkpoint()
+    if world > 1:
+        dist.barrier()
+    return {"steps": step, "epochs": epochs_log, "log": log}

@@ -33,7 +33,7 @@ from latentstore.device import autocast_for, resolve_device
 from latentstore.errors import UsageError
 from latentstore.models.resnet import build
 from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from latentstore_train.classify import _dist, write_logs
+from latentstore_train.common import init_dist as _dist, write_logs
 from latentstore_train.codec import compression_loss
 
 

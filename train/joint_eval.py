@@ -8,7 +8,6 @@ Outputs beside the run's checkpoints:
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 

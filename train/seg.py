@@ -15,13 +15,11 @@ predictions.png (image | reconstruction | ground truth | prediction); log.csv, e
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from latentstore.data.datasets import LatentMapDataset, ResumableLoader, collate
@@ -29,8 +27,7 @@ from latentstore.device import autocast_for, resolve_device
 from latentstore.errors import UsageError
 from latentstore.eval.segmentation import IGNORE_INDEX, SegMetric, plot_predictions, write_metrics
 from latentstore.models.deeplab import SEG_ARCHS, build_seg, load_backbone_weights
-from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from latentstore_train.common import batch_input, init_dist, lr_at, sgd, write_logs
+from latentstore_train.common import batch_input, init_dist, run_epochs, sgd
 
 
 @dataclass
@@ -177,78 +174,31 @@ def train(cfg: SegConfig, out_dir: str, progress: bool = True) -> dict:
                              pin_memory=device == "cuda")
     val_loader = ResumableLoader(va.ds, cfg.eval_batch_size, cfg.num_workers, cfg.seed, rank=0, world=1, shuffle=False)
     metric = SegMetric(len(names), names, device=device)
-    steps_per_epoch = len(loader)
-    gen = torch.Generator().manual_seed(cfg.seed)  # unused by the data (seeded per sample); kept for the RNG record
-    step, log, epochs_log, elapsed = 0, [], [], 0.0
     resolved = {**asdict(cfg), "device_resolved": device, "world_size": world, "num_classes": len(names),
                 "class_names": names, "in_channels": tr.in_channels, "train_samples": len(tr.ds),
                 "val_samples": len(va.ds), "backbone_loaded": backbone}
-    if has_checkpoint(out_dir):
-        meta = load_checkpoint(out_dir, model, opt, gen)
-        step, log, epochs_log, elapsed = meta["step"], meta["log"], meta["epochs_log"], meta["elapsed"]
-        loader.load_state_dict(meta["loader"])
-    total_steps = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-    t0 = time.time() - elapsed
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
-        bar = tqdm(total=total_steps, initial=step, desc=f"{cfg.model}/{cfg.input}", unit="step")
-
-    def checkpoint():
-        if rank == 0:
-            save_checkpoint(out_dir, step, model, opt, gen, resolved,
-                            {"log": log, "epochs_log": epochs_log, "elapsed": time.time() - t0,
-                             "loader": loader.state_dict()})
-            write_logs(out_dir, log, epochs_log, (("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy")),
-                       "validation (%)")
-
     result: dict = {}
-    model.train()
-    epoch_start = time.time()
-    while step < total_steps:
-        epoch = loader.epoch
-        for b in loader:
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step, steps_per_epoch, world)
-            x = batch_input(b, tr.centres, device)
-            y = b["mask"].to(device, non_blocking=True).long()
-            with autocast_for(device):
-                loss = seg_loss(ddp_model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            log.append({"step": step, "epoch": epoch, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
-                        "seconds": time.time() - t0})
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0:
-                checkpoint()
-            if step >= total_steps:
-                break
-        if loader.batches_done == steps_per_epoch:  # stopped on the epoch's last batch: close the epoch
-            loader.set_epoch(epoch + 1)
-        if loader.batches_done == 0:  # the epoch ran to its end
-            ev = {}
-            if rank == 0:
-                train_s = time.time() - epoch_start
-                result = evaluate(model, val_loader, va.centres, device, metric)
-                ev = {"epoch_seconds": train_s, "val_loss": result["val_loss"], "miou": result["miou"],
-                      "pixel_accuracy": result["pixel_accuracy"]}
-                write_metrics(result, out_dir, "seg_metrics", {"epoch": epoch + 1, "model": cfg.model,
-                                                               "input": cfg.input, "val": cfg.val})
-                if cfg.grid:
-                    write_grid(model, va, cfg, device, os.path.join(out_dir, "predictions.png"))
-            epochs_log.append({"epoch": epoch + 1, "step": step, **ev})
-            epoch_start = time.time()
-            checkpoint()
-    if bar:
-        bar.close()
-    checkpoint()
-    if world > 1:
-        dist.barrier()
-    return {"steps": step, "epochs": epochs_log, "log": log, "config": resolved, "metrics": result}
+
+    def step_loss(b):
+        x = batch_input(b, tr.centres, device)
+        y = b["mask"].to(device, non_blocking=True).long()
+        with autocast_for(device):
+            return seg_loss(ddp_model(x).float(), y)
+
+    def end_epoch(epoch, train_s):
+        if rank != 0:
+            return {}
+        result.clear()
+        result.update(evaluate(model, val_loader, va.centres, device, metric))
+        write_metrics(result, out_dir, "seg_metrics", {"epoch": epoch + 1, "model": cfg.model, "input": cfg.input,
+                                                       "val": cfg.val})
+        if cfg.grid:
+            write_grid(model, va, cfg, device, os.path.join(out_dir, "predictions.png"))
+        return {"val_loss": result["val_loss"], "miou": result["miou"], "pixel_accuracy": result["pixel_accuracy"]}
+
+    run = run_epochs(cfg, out_dir, model, opt, loader, resolved, step_loss, end_epoch, rank, world, progress,
+                     (("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy")), "validation (%)")
+    return {**run, "config": resolved, "metrics": result}
 
 
 if __name__ == "__main__":  # python -m latentstore_train.seg: the same options as `latentstore train seg`

@@ -6,17 +6,9 @@ import struct
 
 import numpy as np
 
+from ..bitstream import _varint  # the container's LEB128 varint: one definition
 from .rans_v2 import (ERRORS, MAX_LANES, PROB_BITS, PROB_SCALE, STATE_LOW, _check_shape, check_tables, cumulative,
                       lanes_for)
-
-
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
-        v >>= 7
-        if not v:
-            return bytes(out)
 
 
 def _zigzag(d: int) -> int:
