@@ -8,7 +8,7 @@
 (c) the same images as JPEG files, Pillow decode + RandomResizedCrop(224) + flip (what users do today)
 (d) DALI CPU decoding of the same JPEGs: readers.file -> decoders.image -> random_resized_crop + flip
 Each is measured with one core (num_workers=0 / one DALI thread) and with every core, after a
-warm-up pass. Also bytes read per sample. The images: random crops (about ImageNet's average
+warm-up pass, over as many whole passes as fill 2 seconds. Also bytes read per sample. The images: random crops (about ImageNet's average
 size, 400x350) of the offline photos, saved as JPEG q90, converted at 256x256.
 Results: benchmarks/results/loader-CODEC.csv and loader-CODEC.md.
 """
@@ -49,32 +49,36 @@ def make_jpegs(root: str, n: int, seed: int = 0) -> str:
     return root
 
 
-def measure(make_iter, n_samples: int) -> float:
-    """samples/s over one full pass, after a warm-up pass."""
+def measure(make_iter, n_samples: int, min_seconds: float = 2.0) -> float:
+    """samples/s over whole passes after a warm-up pass, repeated until at least min_seconds have passed (a fast
+    source reads 600 samples in 30 ms: one pass would measure noise)."""
     for _ in make_iter():
         pass
     t = time.perf_counter()
-    n = 0
-    for b in make_iter():
-        n += len(b)
-    dt = time.perf_counter() - t
-    assert n == n_samples, (n, n_samples)
-    return n / dt
+    n = passes = 0
+    while passes == 0 or time.perf_counter() - t < min_seconds:
+        got = sum(len(b) for b in make_iter())
+        assert got == n_samples, (got, n_samples)
+        n, passes = n + got, passes + 1
+    return n / (time.perf_counter() - t)
 
 
 def torch_loader(ds, workers: int, batch: int = 64):
     import torch
     from latentstore.data.datasets import EpochSampler, collate
     sampler = EpochSampler(len(ds), seed=0)
-    return lambda: (b["label"] for b in torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler,
-                                                                     collate_fn=collate, num_workers=workers))
+    # one DataLoader, persistent workers: a training run starts its workers once, not once per pass
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, collate_fn=collate, num_workers=workers,
+                                     persistent_workers=workers > 0)
+    return lambda: (b["label"] for b in dl)
 
 
 def stream_loader(path: str, workers: int, batch: int = 64):
     import torch
     from latentstore.data.datasets import LatentBatchStream
     ds = LatentBatchStream(path, batch, train=True, crop=28)
-    return lambda: (b["label"] for b in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers))
+    dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    return lambda: (b["label"] for b in dl)
 
 
 def dali_loader(root: str, threads: int, batch: int = 64):

@@ -90,6 +90,28 @@ def test_v1_and_v2_stores_hold_the_same_symbols_and_v2_is_smaller(stores):
         assert np.array_equal(a.symbols(i), b.symbols(i)) and np.array_equal(a.symbols(i), w.symbols(i))
     assert np.array_equal(b.read_batch(range(len(b))), np.stack([a.symbols(i) for i in range(len(a))]))
     assert b.schema.totals["entropy_payload_bytes"] < a.schema.totals["entropy_payload_bytes"]
+    # WebDataset v2: the batch path (one decode call over the members' payloads) gives the same symbols
+    order = list(range(len(w)))[::-1]
+    assert np.array_equal(w.read_batch(order), np.stack([a.symbols(i) for i in order]))
+
+
+def test_a_damaged_member_in_a_webdataset_batch_is_named(stores, tmp_path):
+    import shutil
+    from latentstore.errors import StoreError
+    from latentstore.store.backends.webdataset import LATENT, pread
+    dst = tmp_path / "w"
+    shutil.copytree(stores["wds"], dst)
+    s = open_store(str(dst))
+    e = s.backend.index[int(s.slots[2])]
+    off, size = e[LATENT]
+    raw = bytearray(pread(e["tar"], off, size))
+    raw[-3] ^= 0xFF  # in the payload: the container's CRC catches it
+    with open(e["tar"], "r+b") as f:
+        f.seek(off + size - 3)
+        f.write(raw[-3:-2])
+    from latentstore.store.backends.webdataset import sample_key
+    with pytest.raises(StoreError, match=f"sample {sample_key(int(s.slots[2]))}: .*(CRC|corrupt|checksum)"):
+        open_store(str(dst)).read_batch([0, 1, 2, 3])
 
 
 def test_recode_turns_v1_into_v2_with_equal_symbols(stores, tmp_path):
