@@ -103,3 +103,22 @@ def test_bad_configs_are_one_line(setup, tmp_path, codec_path):
         train_joint(JointConfig(codec=c16, classifier=setup["cls"], train=setup["npz"], val=setup["npz"]),
                     str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w" / "ckpt.json")
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_ddp_under_torchrun_on_cpu(setup, tmp_path, freeze):
+    """Two processes (gloo, CPU): joint and control runs finish, each rank taking half of every batch."""
+    import subprocess
+    import sys
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    out = tmp_path / "ddp"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "latentstore.cli", "train", "joint",
+           "--codec", setup["codec"], "--classifier", setup["cls"], "--train", setup["npz"], "--val", setup["npz"],
+           "--batch-size", "5", "--epochs", "2", "--num-workers", "0", "--eval-images", "2", "--device", "cpu",
+           "--out", str(out), "--quiet"] + (["--freeze-codec"] if freeze else [])
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.load(open(out / "result.json"))
+    assert res["mode"] == ("control" if freeze else "joint")
+    assert json.load(open(out / "config.json"))["world_size"] == 2
+    assert len(json.load(open(out / "ckpt.json"))["log"]) == 2  # 10 images, 2 ranks x batch 5: a step per epoch
