@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numcodecs.abc import Codec as NumcodecsCodec
@@ -26,6 +27,47 @@ from ..errors import BitstreamError
 
 CODEC_ID = "latentstore.ans"
 CODEC_VERSION = 1
+
+
+class _ChunkCodec(ArrayBytesCodec):
+    """zarr's array->bytes plumbing, shared by both coders; each defines _encode_array(a) -> bytes and
+    _decode_bytes(data, shape) -> array."""
+
+    is_fixed_size = False
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return cls(**dict(data.get("configuration", {})))
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
+        a = self._decode_bytes(chunk_bytes.to_bytes(), chunk_spec.shape)
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(a)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
+        return self._decode_sync(chunk_bytes, chunk_spec)
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
+        return chunk_spec.prototype.buffer.from_bytes(self._encode_array(chunk_array.as_numpy_array()))
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
+        return self._encode_sync(chunk_array, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, _chunk_spec) -> int:
+        raise NotImplementedError  # variable size
+
+
+class _ChunkNumcodec(NumcodecsCodec):
+    """The numcodecs twins' plumbing (zarr v2 / plain numcodecs users): they need the chunk shape, so they store it."""
+
+    def encode(self, buf):
+        return self._encode_array(np.asarray(buf, dtype=np.uint8).reshape(self.shape))
+
+    def decode(self, buf, out=None):
+        a = self._decode_bytes(bytes(buf), tuple(self.shape))
+        if out is not None:
+            np.copyto(np.asarray(out).reshape(a.shape), a)
+            return out
+        return a
 
 
 def _encode_chunk(a: np.ndarray, freqs: np.ndarray, channel_axis: int) -> bytes:
@@ -48,10 +90,9 @@ def _decode_chunk(data: bytes, freqs: np.ndarray, shape: tuple[int, ...], channe
 
 
 @dataclass(frozen=True)
-class LatentANSCodec(ArrayBytesCodec):
+class LatentANSCodec(_ChunkCodec):
     """zarr v3 array->bytes codec; configuration: {"freqs": C x L ints, "channel_axis": int, "version": 1}."""
 
-    is_fixed_size = False
     freqs: tuple
     channel_axis: int = 1
 
@@ -61,39 +102,23 @@ class LatentANSCodec(ArrayBytesCodec):
         object.__setattr__(self, "freqs", tuple(tuple(int(v) for v in row) for row in freqs))
         object.__setattr__(self, "channel_axis", int(channel_axis))
 
-    @property
-    def freq_array(self) -> np.ndarray:
+    @cached_property
+    def freq_array(self) -> np.ndarray:  # once per codec, not once per chunk
         return np.asarray(self.freqs, dtype=np.int64)
-
-    @classmethod
-    def from_dict(cls, data: dict):
-        cfg = dict(data.get("configuration", {}))
-        return cls(**cfg)
 
     def to_dict(self) -> dict:
         return {"name": CODEC_ID, "configuration": {"freqs": [list(r) for r in self.freqs],
                                                     "channel_axis": self.channel_axis, "version": CODEC_VERSION}}
 
-    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
-        a = _decode_chunk(chunk_bytes.to_bytes(), self.freq_array, chunk_spec.shape, self.channel_axis)
-        return chunk_spec.prototype.nd_buffer.from_ndarray_like(a)
+    def _encode_array(self, a: np.ndarray) -> bytes:
+        return _encode_chunk(a, self.freq_array, self.channel_axis)
 
-    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
-        return self._decode_sync(chunk_bytes, chunk_spec)
-
-    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
-        data = _encode_chunk(chunk_array.as_numpy_array(), self.freq_array, self.channel_axis)
-        return chunk_spec.prototype.buffer.from_bytes(data)
-
-    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
-        return self._encode_sync(chunk_array, chunk_spec)
-
-    def compute_encoded_size(self, input_byte_length: int, _chunk_spec) -> int:
-        raise NotImplementedError  # variable size
+    def _decode_bytes(self, data: bytes, shape) -> np.ndarray:
+        return _decode_chunk(data, self.freq_array, tuple(shape), self.channel_axis)
 
 
-class LatentANSNumcodec(NumcodecsCodec):
-    """The numcodecs twin (zarr v2 / plain numcodecs users). Needs the chunk shape, so it stores it."""
+class LatentANSNumcodec(_ChunkNumcodec):
+    """The numcodecs twin of `latentstore.ans`."""
 
     codec_id = CODEC_ID
 
@@ -101,17 +126,13 @@ class LatentANSNumcodec(NumcodecsCodec):
         self.freqs = [list(map(int, r)) for r in freqs]
         self.shape = list(map(int, shape))
         self.channel_axis = int(channel_axis)
+        self._freqs = np.asarray(self.freqs, dtype=np.int64)
 
-    def encode(self, buf):
-        a = np.asarray(buf, dtype=np.uint8).reshape(self.shape)
-        return _encode_chunk(a, np.asarray(self.freqs), self.channel_axis)
+    def _encode_array(self, a: np.ndarray) -> bytes:
+        return _encode_chunk(a, self._freqs, self.channel_axis)
 
-    def decode(self, buf, out=None):
-        a = _decode_chunk(bytes(buf), np.asarray(self.freqs), tuple(self.shape), self.channel_axis)
-        if out is not None:
-            np.copyto(np.asarray(out).reshape(a.shape), a)
-            return out
-        return a
+    def _decode_bytes(self, data: bytes, shape) -> np.ndarray:
+        return _decode_chunk(data, self._freqs, shape, self.channel_axis)
 
     def get_config(self):
         return {"id": CODEC_ID, "freqs": self.freqs, "shape": self.shape, "channel_axis": self.channel_axis}
@@ -164,11 +185,10 @@ def _decode_rans_chunk(data: bytes, tables: np.ndarray, shape: tuple, channel_ax
 
 
 @dataclass(frozen=True)
-class LatentRansCodec(ArrayBytesCodec):
+class LatentRansCodec(_ChunkCodec):
     """zarr v3 array->bytes codec for bitstream v2 payloads; configuration:
     {"tables": C x (L+1) x L 12-bit counts, "channel_axis": int, "version": 2}."""
 
-    is_fixed_size = False
     tables: tuple
     channel_axis: int = 1
 
@@ -178,37 +198,22 @@ class LatentRansCodec(ArrayBytesCodec):
         object.__setattr__(self, "tables", tuple(tuple(tuple(int(v) for v in row) for row in c) for c in tables))
         object.__setattr__(self, "channel_axis", int(channel_axis))
 
-    @property
-    def table_array(self) -> np.ndarray:
+    @cached_property
+    def table_array(self) -> np.ndarray:  # once per codec, not once per chunk
         return np.asarray(self.tables, dtype=np.uint16)
-
-    @classmethod
-    def from_dict(cls, data: dict):
-        return cls(**dict(data.get("configuration", {})))
 
     def to_dict(self) -> dict:
         return {"name": RANS_ID, "configuration": {"tables": [[list(r) for r in c] for c in self.tables],
                                                    "channel_axis": self.channel_axis, "version": RANS_VERSION}}
 
-    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
-        a = _decode_rans_chunk(chunk_bytes.to_bytes(), self.table_array, chunk_spec.shape, self.channel_axis)
-        return chunk_spec.prototype.nd_buffer.from_ndarray_like(a)
+    def _encode_array(self, a: np.ndarray) -> bytes:
+        return _encode_rans_chunk(a, self.table_array, self.channel_axis)
 
-    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec) -> NDBuffer:
-        return self._decode_sync(chunk_bytes, chunk_spec)
-
-    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
-        data = _encode_rans_chunk(chunk_array.as_numpy_array(), self.table_array, self.channel_axis)
-        return chunk_spec.prototype.buffer.from_bytes(data)
-
-    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec) -> Buffer | None:
-        return self._encode_sync(chunk_array, chunk_spec)
-
-    def compute_encoded_size(self, input_byte_length: int, _chunk_spec) -> int:
-        raise NotImplementedError  # variable size
+    def _decode_bytes(self, data: bytes, shape) -> np.ndarray:
+        return _decode_rans_chunk(data, self.table_array, tuple(shape), self.channel_axis)
 
 
-class LatentRansNumcodec(NumcodecsCodec):
+class LatentRansNumcodec(_ChunkNumcodec):
     """The numcodecs twin of `latentstore.rans`."""
 
     codec_id = RANS_ID
@@ -217,17 +222,13 @@ class LatentRansNumcodec(NumcodecsCodec):
         self.tables = np.asarray(tables, dtype=np.uint16).tolist()
         self.shape = list(map(int, shape))
         self.channel_axis = int(channel_axis)
+        self._tables = np.asarray(self.tables, dtype=np.uint16)
 
-    def encode(self, buf):
-        a = np.asarray(buf, dtype=np.uint8).reshape(self.shape)
-        return _encode_rans_chunk(a, np.asarray(self.tables, np.uint16), self.channel_axis)
+    def _encode_array(self, a: np.ndarray) -> bytes:
+        return _encode_rans_chunk(a, self._tables, self.channel_axis)
 
-    def decode(self, buf, out=None):
-        a = _decode_rans_chunk(bytes(buf), np.asarray(self.tables, np.uint16), tuple(self.shape), self.channel_axis)
-        if out is not None:
-            np.copyto(np.asarray(out).reshape(a.shape), a)
-            return out
-        return a
+    def _decode_bytes(self, data: bytes, shape) -> np.ndarray:
+        return _decode_rans_chunk(data, self._tables, shape, self.channel_axis)
 
     def get_config(self):
         return {"id": RANS_ID, "tables": self.tables, "shape": self.shape, "channel_axis": self.channel_axis}
