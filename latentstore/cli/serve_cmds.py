@@ -1,0 +1,1 @@
+"""`latentstore serve`: the ingest service (being written)."""

@@ -1,0 +1,1 @@
+"""`latentstore upload`: the service's client (being written)."""

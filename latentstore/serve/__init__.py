@@ -1,0 +1,1 @@
+"""The ingest service: images in over HTTP, compressed, stored durably and classified from their latents."""
