@@ -49,17 +49,21 @@ def make_jpegs(root: str, n: int, seed: int = 0) -> str:
     return root
 
 
-def measure(make_iter, n_samples: int, min_seconds: float = 2.0) -> float:
+def measure(make_iter, n_samples: int, min_seconds: float = 2.0, after_warmup=None, stats: dict | None = None) -> float:
     """samples/s over whole passes after a warm-up pass, repeated until at least min_seconds have passed (a fast
-    source reads 600 samples in 30 ms: one pass would measure noise)."""
+    source reads 600 samples in 30 ms: one pass would measure noise). `after_warmup()` runs between the two."""
     for _ in make_iter():
         pass
+    if after_warmup is not None:
+        after_warmup()
     t = time.perf_counter()
     n = passes = 0
     while passes == 0 or time.perf_counter() - t < min_seconds:
         got = sum(len(b) for b in make_iter())
         assert got == n_samples, (got, n_samples)
         n, passes = n + got, passes + 1
+    if stats is not None:
+        stats["samples"] = n  # delivered in the timed passes
     return n / (time.perf_counter() - t)
 
 
@@ -69,7 +73,7 @@ def torch_loader(ds, workers: int, batch: int = 64):
     sampler = EpochSampler(len(ds), seed=0)
     # one DataLoader, persistent workers: a training run starts its workers once, not once per pass
     dl = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, collate_fn=collate, num_workers=workers,
-                                     persistent_workers=workers > 0)
+                                     persistent_workers=workers > 0, multiprocessing_context=_context(ds, workers))
     return lambda: (b["label"] for b in dl)
 
 
@@ -77,8 +81,20 @@ def stream_loader(path: str, workers: int, batch: int = 64):
     import torch
     from latentstore.data.datasets import LatentBatchStream
     ds = LatentBatchStream(path, batch, train=True, crop=28)
-    dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                                     multiprocessing_context=_context(ds, workers))
     return lambda: (b["label"] for b in dl)
+
+
+FORCE_CONTEXT: list = []  # loader_s3's control row: local stores read by forkserver workers too
+
+
+def _context(ds, workers: int):
+    """forkserver workers for an object store (obstore does not survive fork), the default otherwise."""
+    from latentstore.data.datasets import worker_context
+    if workers == 0:
+        return None
+    return FORCE_CONTEXT[0] if FORCE_CONTEXT else worker_context(ds)
 
 
 def dali_loader(root: str, threads: int, batch: int = 64):
@@ -119,6 +135,10 @@ def main(argv=None) -> None:
     ap.add_argument("--codec", default="ls-c32")
     ap.add_argument("--work", default="runs/loader-bench")
     ap.add_argument("--bitstream", choices=["v1", "v2"], default="v2", help="the bitstream of stores (a) and (b)")
+    ap.add_argument("--store", default=None, help="an s3:// prefix: measure stores (a) and (b) read from there "
+                    "against the same stores on local disk (benchmarks/loader_s3.py), instead of the rows above")
+    ap.add_argument("--moto", action="store_true", help="with --store: start a loopback S3 server (moto) for it")
+    ap.add_argument("--rounds", type=int, default=3, help="with --store: interleaved rounds (medians are reported)")
     a = ap.parse_args(argv)
     from latentstore.convert.pipeline import ConvertOptions, convert
     from latentstore.data.rgb import ImageFolderDataset
@@ -137,6 +157,9 @@ def main(argv=None) -> None:
         stores[key] = dst
     n = a.images
     cores = os.cpu_count() or 1
+    if a.store:
+        from benchmarks.loader_s3 import compare_remote
+        return compare_remote(a, stores, n, cores, measure, torch_loader, stream_loader, os.path.join(HERE, "results"))
     jpeg_bytes = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(jpegs) for f in fs if f.endswith(".jpg"))
     per_sample = {"zarr": dir_bytes(os.path.join(stores["zarr"], "latents")) / n,
                   "zarr_other": dir_bytes(os.path.join(stores["zarr_other"], "latents")) / n,

@@ -1,6 +1,13 @@
 """rANS v2 vs constriction ANS v1 on real latents: bytes, overheads, lane count K, CPU decode speed.
 
-    .venv/bin/python benchmarks/rans.py [--crops 384] [--codecs ls-c8,ls-c16,ls-c32] [--quick]
+    .venv/bin/python benchmarks/rans.py [--crops 384] [--codecs ls-c8,ls-c16,ls-c32] [--quick] [--decoders]
+
+--decoders: only decode ns/symbol of every CPU decoder, side by side in one run: the numba kernel
+(before) and each path of the SIMD extension this CPU runs (avx512, avx2, scalar; rans_simd.py).
+--loader DIR: benchmarks/loader.py's sources (a) (the Zarr v2 store, numba and SIMD decode) and (c)
+(JPEG + Pillow) on the stores loader.py built under DIR (its --work), one core, in CPU time (process_time),
+interleaved rounds: a per-core ratio that the other processes on a shared machine disturb less than
+loader.py's wall-clock one (loader.py stays the reference; this is its cross-check).
 
 Real symbols: random 256x256 crops (seeded) of every photo latentstore.data.photos finds
 (scikit-image, scikit-learn, matplotlib, and Debian's wallpapers / opencv-doc when installed),
@@ -212,6 +219,64 @@ def report_speed(name: str, test: np.ndarray, tables: np.ndarray, freqs: np.ndar
           f"({n / tv1:.0f}/s) -> v2 is {tv1 / t1:.1f}x faster;  encode: v2 {1e6 * te / n:.1f}, v1 {1e6 * te1 / n:.1f} us/sample")
 
 
+def report_decoders(name: str, test: np.ndarray, tables: np.ndarray, rounds: int = 9) -> None:
+    """Decode ns/symbol, one thread, numba vs the SIMD paths: interleaved rounds (each round runs every
+    decoder once on the same payloads), best of `rounds` CPU times (process_time); every output checked."""
+    from latentstore.codec.entropy import rans_simd
+    shape = test.shape[1:]
+    payloads = r.encode_batch(test, tables)
+    paths = ["numba"] + rans_simd.supported_isas()
+    best = dict.fromkeys(paths, float("inf"))
+    saved = os.environ.get(rans_simd.ENV)
+    try:
+        for _ in range(rounds + 1):  # the first round warms up (numba's compile cache, the table cache)
+            for p in paths:
+                os.environ[rans_simd.ENV] = p
+                t = time.process_time()
+                out = r.decode_batch(payloads, tables, shape)
+                best[p] = min(best[p], time.process_time() - t) if _ else float("inf")
+                assert np.array_equal(out, test), f"{p} decoded other symbols"
+    finally:
+        os.environ.pop(rans_simd.ENV, None) if saved is None else os.environ.__setitem__(rans_simd.ENV, saved)
+    ns = {p: 1e9 * best[p] / test.size for p in paths}
+    top = min(paths, key=ns.get)
+    bits = 8 * sum(map(len, payloads)) / test.size
+    print(f"  decoders {name} (1 thread, {len(test)} images {shape}, {bits:.2f} bits/symbol): ns/symbol " +
+          "  ".join(f"{p} {ns[p]:.2f}" for p in paths) + f"  ->  {top} is {ns['numba'] / ns[top]:.1f}x numba",
+          flush=True)
+
+
+def report_loader(work: str, codec: str, rounds: int = 3) -> None:
+    """Samples/s per core in CPU time: loader.py's (a) with numba and with SIMD decode, and (c) Pillow."""
+    from latentstore.codec.entropy import rans_simd
+    from latentstore.data.datasets import LatentMapDataset
+    from latentstore.data.rgb import ImageFolderDataset
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from loader import torch_loader  # benchmarks/loader.py: the same DataLoader setup, not a copy
+    store = os.path.join(work, f"{codec}-zarr-v2")
+    if not os.path.isdir(store):
+        raise SystemExit(f"error: {store} does not exist: run benchmarks/loader.py --codec {codec} --work {work} first")
+    latents = torch_loader(LatentMapDataset(store, crop=28), 0)
+    pillow = torch_loader(ImageFolderDataset(os.path.join(work, "jpeg"), 224, True), 0)
+    paths = {"numba": latents, rans_simd.chosen_isa(): latents, "pillow": pillow}
+    best = dict.fromkeys(paths, 0.0)
+    saved = os.environ.get(rans_simd.ENV)
+    try:
+        for rnd in range(rounds + 1):  # round 0 warms up
+            for p, it in paths.items():
+                os.environ[rans_simd.ENV] = "numba" if p in ("numba", "pillow") else p
+                t, n = time.process_time(), 0
+                while n == 0 or time.process_time() - t < (0.5 if p != "pillow" else 0.0):
+                    n += sum(len(b) for b in it())
+                if rnd:
+                    best[p] = max(best[p], n / (time.process_time() - t))
+    finally:
+        os.environ.pop(rans_simd.ENV, None) if saved is None else os.environ.__setitem__(rans_simd.ENV, saved)
+    print(f"loader {codec}, 1 core, CPU time, best of {rounds} rounds: samples/s " +
+          "  ".join(f"{p} {v:.0f}" for p, v in best.items()) + "  ->  x Pillow per core: " +
+          "  ".join(f"{p} {v / best['pillow']:.1f}x" for p, v in best.items() if p != "pillow"), flush=True)
+
+
 def report_zstd(name: str, tables: np.ndarray) -> None:
     """zstd -19 on the payload of one large smooth photo, coded whole: an entropy coder's leftovers."""
     try:
@@ -235,15 +300,25 @@ def main() -> None:
     ap.add_argument("--crops", type=int, default=384)
     ap.add_argument("--codecs", default="ls-c8,ls-c16,ls-c32")
     ap.add_argument("--quick", action="store_true", help="skip the K sweep, the context what-ifs and zstd")
+    ap.add_argument("--decoders", action="store_true", help="only decode ns/symbol: numba vs the SIMD paths")
+    ap.add_argument("--loader", metavar="DIR", help="only loader.py's (a) and (c) in CPU time, on its stores in DIR")
     a = ap.parse_args()
+    if a.loader:
+        for name in a.codecs.split(","):
+            report_loader(a.loader, name)
+        return
     torch.set_num_threads(os.cpu_count())
     for name in a.codecs.split(","):
         sym, owner = real_symbols(name, a.crops)
         train, test = split(sym, owner)
         freqs = _v1_freqs(_codec(name))
         L = freqs.shape[1]
+        if a.decoders:
+            report_decoders(name, test, r.fit_tables(train, L))
+            continue
         tables = report_bytes(name, train, test, freqs, L)
         report_speed(name, test, tables, freqs)
+        report_decoders(name, test, tables)
         if not a.quick:
             report_lanes(name, test, tables)
             report_contexts(name, train, test, freqs)

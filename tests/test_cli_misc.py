@@ -81,4 +81,4 @@ def test_codecs_json_lists_the_operating_points(tmp_path, monkeypatch):
         assert rows[name]["source"] == "measured now" and rows[name]["max_side"] == 128
     assert rows["ls-c8"]["bpp"] < rows["ls-c16"]["bpp"] < rows["ls-c32"]["bpp"]
     res = CliRunner().invoke(main, ["codecs", "--max-side", "128"])  # the second call reads the cache
-    assert res.exit_code == 0 and res.output.count("cache (") == 3, res.output
+    assert res.exit_code == 0 and res.output.count("cache (") == len(available_codecs()), res.output

@@ -47,11 +47,13 @@ class ClassifyConfig:
     max_steps: int = 0  # stop after this many steps in total (0: run all epochs); tests and smoke runs
     device: str = "auto"  # auto | cpu | cuda
     decode_on: str = "cpu"  # cpu: loader workers decode; gpu: workers only read bytes, the GPU decodes (v2 stores)
+    cache_dir: str = ""  # remote (s3://) stores: a local read-through cache of their shards (LATENTSTORE_CACHE_DIR)
 
 
 def make_dataset(kind: str, path: str, train: bool, crop: int, seed: int, decode_on: str = "cpu"):
     """-> (dataset, num_classes, in_channels, centres): centres (L,) for latent stores, else None."""
-    if not path or not os.path.exists(path):  # a path given on the command line: a usage error (exit 2)
+    from latentstore.store.remote import is_remote
+    if not path or not (os.path.exists(path) or (kind != "rgb" and is_remote(path))):  # a usage error (exit 2)
         what = "store" if kind in ("latent", "recon") else "image folder or .npz"
         raise UsageError(f"--{'train' if train else 'val'} {path or '(empty)'}: no such {what}")
     if kind == "latent":
@@ -124,6 +126,8 @@ def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
     if device == "cuda":
         torch.cuda.set_device(local)
     os.makedirs(out_dir, exist_ok=True)
+    if cfg.cache_dir:  # read by every loader worker's shard cache (store/remote/blobs.py); bounded by LATENTSTORE_CACHE_DIR_MB
+        os.environ["LATENTSTORE_CACHE_DIR"] = os.path.abspath(cfg.cache_dir)
     train_ds, n_classes, cin, centres = make_dataset(cfg.input, cfg.train, True, cfg.crop, cfg.seed, cfg.decode_on)
     val_ds, _, _, _ = make_dataset(cfg.input, cfg.val, False, cfg.crop, cfg.seed, cfg.decode_on)
     decoders = gpu_decoders(cfg, device, train_ds, val_ds)

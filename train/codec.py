@@ -6,11 +6,16 @@ Loss (Torfason et al. eq. 1): MSE(x, x_hat) on the 0..255 scale + beta * max(H_s
 with H_t = target_bpp * 64 / C bits per symbol.
 Sigma schedule: the soft assignment's sharpness rises geometrically from `sigma` to `sigma_final`
 over the run, so the soft histogram (the rate term) tracks the hard one ever more closely.
-Learning rate: `lr`, divided by 10 for the last 20% of steps.
-Runs on CPU (fp32) and CUDA (bf16 autocast) alike; checkpoints resume exactly.
+Learning rate: `lr`, divided by 10 for the last 20% of steps (or a cosine schedule).
+Precision: bf16 autocast (channels_last) on CUDA and on CPUs with native bf16 (AVX512_BF16 / AMX), fp32
+elsewhere; the loss (MSE, MS-SSIM, the rate hinge) is always computed in fp32, outside autocast.
+Finetuning: `init_from` starts from a shipped codec's weights (a fresh optimizer), e.g. a longer-trained
+ls-c32. `max_minutes` bounds one invocation's wall time (checkpointed; run again to resume).
+Checkpoints resume exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -25,9 +30,10 @@ from latentstore.codec.model import CodecConfig, LatentCodec
 from latentstore.codec.entropy.rans_v2 import tables_from_counts
 from latentstore.codec.zoo import OPERATING_POINTS, save_codec
 from latentstore_train import codec_data
-from latentstore.device import autocast_for, resolve_device
+from latentstore.device import resolve_device
 from latentstore.errors import UsageError
 from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from latentstore_train.precision import cpu_has_native_bf16, resolve_precision, train_autocast  # noqa: F401
 
 
 @dataclass
@@ -49,6 +55,14 @@ class CodecTrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     max_photos: int = 0  # 0 = all training photos; >0 = the first N (tests)
     stop_at: int = 0  # stop this invocation after this step, schedule unchanged (0 = run to `steps`); resume tests
+    precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32 | fp32 | bf16
+    channels_last: bool = True  # NHWC activations under bf16 (what oneDNN's and the tensor cores' kernels want)
+    init_from: str = ""  # start from this codec's weights (zoo name or .safetensors file): finetune, not from scratch
+    sigma_start: float = 0.0  # the soft assignment's sharpness at step 0 (0: the codec config's sigma)
+    mse_weight: float = 0.0  # msssim distortion: weight of MSE (0..255 scale) added to it (keeps PSNR from sagging)
+    extra_photos: bool = False  # also train on the extra offline photos of codec_data.EXTRA_PHOTOS
+    max_minutes: float = 0.0  # stop this invocation after this many wall-clock minutes, checkpointed (0 = no limit)
+    threads: int = 0  # torch CPU threads (0: torch's default)
 
 
 # Training recipes: what `latentstore train codec --all --recipe R` uses for every operating point.
@@ -60,6 +74,11 @@ RECIPES = {
     "gpu": dict(N=128, steps=40000, batch_size=16, crop=256, photo_side=0, min_scale=0.25, lr=2e-4,
                 lr_schedule="cosine", warmup=1000),
     # seconds on a CPU: checks the whole path (tests, a quick look)
+    # finetune a shipped codec on the CPU in bf16 for MS-SSIM (+ half-weight MSE), 192-px crops of 47 photos
+    # (extras included): issue 22's ls-c32 ran it twice (benchmarks/results/codec_training/ls-c32-finetune.md)
+    "cpu-finetune": dict(N=64, steps=3000, batch_size=4, crop=192, photo_side=768, min_scale=0.5, lr=1e-4,
+                         lr_schedule="cosine", warmup=100, sigma_start=8.0, sigma_final=8.0, distortion="msssim",
+                         mse_weight=0.5, extra_photos=True, ckpt_every=100, init_from="{name}"),
     "smoke": dict(N=16, steps=8, batch_size=2, crop=64, photo_side=256, min_scale=0.5, lr=3e-4, lr_schedule="cosine",
                   warmup=2, max_photos=3, ckpt_every=4),
 }
@@ -87,8 +106,11 @@ def recipe_config(name: str, recipe: str, **overrides) -> CodecTrainConfig:
     if recipe not in RECIPES:
         raise UsageError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
     r = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    if "init_from" in r:
+        r["init_from"] = r["init_from"].format(name=name)
     codec = codec_config_for(name, N=r.pop("N"))
-    r["distortion"] = "msssim" if name.endswith("-msssim") else "mse"
+    if name.endswith("-msssim") or "distortion" not in r:  # a recipe or an override may finetune for MS-SSIM
+        r["distortion"] = "msssim" if name.endswith("-msssim") else "mse"
     return CodecTrainConfig(codec=codec, **r)
 
 
@@ -107,7 +129,8 @@ def train_all(out_root: str, recipe: str = "gpu", families=("mse",), install: bo
 
 def sigma_at(cfg: CodecTrainConfig, step: int) -> float:
     t = min(1.0, step / max(1, cfg.steps))
-    return cfg.codec.sigma * (cfg.sigma_final / cfg.codec.sigma) ** t
+    start = cfg.sigma_start or cfg.codec.sigma
+    return start * (cfg.sigma_final / start) ** t
 
 
 def lr_at(cfg: CodecTrainConfig, step: int) -> float:
@@ -120,7 +143,7 @@ def lr_at(cfg: CodecTrainConfig, step: int) -> float:
 
 
 def load_training_photos(cfg: CodecTrainConfig, device: str = "cpu") -> list[torch.Tensor]:
-    return codec_data.load_training_photos(cfg.crop, cfg.photo_side, cfg.max_photos, device)
+    return codec_data.load_training_photos(cfg.crop, cfg.photo_side, cfg.max_photos, device, cfg.extra_photos)
 
 
 def sample_batch(photos: list[torch.Tensor], cfg: CodecTrainConfig, gen: torch.Generator) -> torch.Tensor:
@@ -134,35 +157,60 @@ def compression_loss(out: dict, x: torch.Tensor, beta: float, target_bits: float
     return {"loss": mse255 + beta * rate, "mse255": mse255, "rate_hinge": rate}
 
 
-def loss_terms(model: LatentCodec, x: torch.Tensor, distortion: str = "mse", msssim_weight: float = 3000.0) -> dict:
-    """The training loss: eq. 1 (MSE), or with (1 - MS-SSIM) as the distortion for the -msssim variants."""
-    out = model(x)
+def loss_terms(model: LatentCodec, x: torch.Tensor, distortion: str = "mse", msssim_weight: float = 3000.0,
+               mse_weight: float = 0.0, autocast=None) -> dict:
+    """The training loss: eq. 1 (MSE), or with msssim_weight * (1 - MS-SSIM) [+ mse_weight * MSE] as the
+    distortion. The forward runs under `autocast` (a context; None: none), the loss always in fp32."""
+    with autocast if autocast is not None else contextlib.nullcontext():
+        out = model(x)
     c = compression_loss(out, x, model.cfg.beta, model.cfg.target_bits_per_symbol)
     loss = c["loss"]
     if distortion == "msssim":
-        loss = msssim_weight * codec_data.msssim_distortion(out["x_hat"], x) + model.cfg.beta * c["rate_hinge"]
+        loss = (msssim_weight * codec_data.msssim_distortion(out["x_hat"], x) + mse_weight * c["mse255"]
+                + model.cfg.beta * c["rate_hinge"])
     return {"loss": loss, "mse255": c["mse255"], **out}
+
+
+def init_weights(model: LatentCodec, source: str) -> str:
+    """Copy a trained codec's weights into `model` (same C, L, N); returns the source's weights hash."""
+    from latentstore.codec.zoo import codec_file, load_codec_file
+    src = load_codec_file(codec_file(source))
+    if (src.cfg.C, src.cfg.L, src.cfg.N) != (model.cfg.C, model.cfg.L, model.cfg.N):
+        raise UsageError(f"--init-from {source}: C/L/N {src.cfg.C}/{src.cfg.L}/{src.cfg.N} differ from the "
+                         f"trained point's {model.cfg.C}/{model.cfg.L}/{model.cfg.N}")
+    model.load_state_dict(src.state_dict())
+    return src.hash
 
 
 def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, progress: bool = True,
           install_as: str | None = None) -> dict:
     """Train (resuming from out_dir's checkpoint), then write the codec to the file `install_to`, or into the
     zoo as `install_as` (an earlier codec of that name is kept as NAME@K)."""
-    os.makedirs(out_dir, exist_ok=True)
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)  # a bad value fails before anything is written
+    os.makedirs(out_dir, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     if cfg.distortion not in ("mse", "msssim") or cfg.lr_schedule not in ("step", "cosine"):
         raise UsageError("--distortion must be mse or msssim, --lr-schedule step or cosine")
-    model = LatentCodec(cfg.codec).to(device)
+    model = LatentCodec(cfg.codec)
+    init_hash = init_weights(model, cfg.init_from) if cfg.init_from and not has_checkpoint(out_dir) else None
+    nhwc = cfg.channels_last and precision == "bf16"
+    model = model.to(device, memory_format=torch.channels_last) if nhwc else model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    photos = load_training_photos(cfg, device)  # held on the device: the GPU never waits for crops
+    photos = codec_data.load_training_photos(cfg.crop, cfg.photo_side, cfg.max_photos, device, cfg.extra_photos)
     step, log, elapsed = 0, [], 0.0
-    resolved = {**asdict(cfg), "device_resolved": device, "n_photos": len(photos)}
+    resolved = {**asdict(cfg), "device_resolved": device, "precision_resolved": precision,
+                "n_photos": len(photos), "init_from_hash": init_hash, "torch_threads": torch.get_num_threads()}
     if has_checkpoint(out_dir):
         meta = load_checkpoint(out_dir, model, opt, gen)
         step, log, elapsed = meta["step"], meta.get("log", []), meta.get("elapsed", 0.0)
+        resolved["init_from_hash"] = meta.get("config", {}).get("init_from_hash")  # what the run started from
     t0 = time.time() - elapsed
+    cpu0 = time.process_time() - (log[-1].get("cpu_seconds", 0.0) if log else 0.0)  # CPU time, all threads
+    started = time.time()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -174,8 +222,9 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         x = sample_batch(photos, cfg, gen)
-        with autocast_for(device):
-            t = loss_terms(model, x, cfg.distortion, cfg.msssim_weight)
+        if nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)
+        t = loss_terms(model, x, cfg.distortion, cfg.msssim_weight, cfg.mse_weight, train_autocast(precision, device))
         opt.zero_grad(set_to_none=True)
         t["loss"].backward()
         opt.step()
@@ -184,18 +233,26 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
                "psnr": 10 * math.log10(255.0 ** 2 / max(t["mse255"].item(), 1e-10)),
                "H_soft": t["entropy_soft"].item(), "H_hard": t["entropy_hard"].item(),
                "bpp_est": t["entropy_hard"].item() * cfg.codec.C / 64.0, "sigma": model.quantizer.sigma,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+               "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "cpu_seconds": time.process_time() - cpu0}
         log.append(row)
         if bar:
             bar.update(1)
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", bpp=f"{row['bpp_est']:.3f}")
-        if step % cfg.ckpt_every == 0 or step == end:
+        out_of_time = cfg.max_minutes > 0 and time.time() - started > 60 * cfg.max_minutes
+        if step % cfg.ckpt_every == 0 or step == end or out_of_time:
             save_checkpoint(out_dir, step, model, opt, gen, resolved, {"log": log, "elapsed": time.time() - t0})
             write_log(out_dir, log)
+        if out_of_time:
+            break
     if bar:
         bar.close()
-    result = {"steps": step, "train_seconds": log[-1]["seconds"] if log else 0.0, "device": device}
-    if install_to or install_as:
+    result = {"steps": step, "train_seconds": log[-1]["seconds"] if log else 0.0,
+              "train_cpu_seconds": log[-1].get("cpu_seconds", 0.0) if log else 0.0, "device": device,
+              "precision": precision, "finished": step >= cfg.steps}
+    if (install_to or install_as) and step < end:  # stopped by max_minutes: resume before installing
+        result["installed"] = False
+    elif install_to or install_as:
+        model = model.to(memory_format=torch.contiguous_format)
         model.update(*symbol_counts(model, photos, device))  # the frozen entropy models, then the new hash
         meta = {**result, "seed": cfg.seed, "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                 "date": time.strftime("%Y-%m-%d"), "n_train_photos": len(photos), "train_config": resolved}
@@ -206,6 +263,31 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
         else:
             result["weights_hash"] = save_codec(model.cpu(), install_to, meta)
     return result
+
+
+def run_config(out_dir: str) -> CodecTrainConfig:
+    """The training config a run recorded beside its checkpoint (config.json)."""
+    import json
+    with open(os.path.join(out_dir, "config.json")) as f:
+        d = json.load(f)
+    known = set(CodecTrainConfig.__dataclass_fields__) - {"codec"}
+    return CodecTrainConfig(codec=CodecConfig(**d["codec"]), **{k: v for k, v in d.items() if k in known})
+
+
+def export_run(out_dir: str, path: str) -> dict:
+    """Write a run's latest checkpoint as a codec file, as it stands (e.g. stopped by max_minutes), to evaluate it
+    before deciding to install it; its v2 tables are then refitted as the shipped codecs' were (refit_tables)."""
+    from dataclasses import replace
+    from latentstore_train.checkpoint import has_checkpoint as _has
+    if not _has(out_dir):
+        raise UsageError(f"{out_dir}: no checkpoint to export")
+    cfg = run_config(out_dir)
+    with open(os.path.join(out_dir, "ckpt.json")) as f:
+        import json
+        step = json.load(f)["step"]
+    r = train(replace(cfg, stop_at=step, max_minutes=0.0), out_dir, install_to=path, progress=False)
+    refit_tables(path)
+    return r
 
 
 @torch.no_grad()

@@ -5,29 +5,68 @@ resized to crop x crop (antialiased): at min_scale 0.25 a 6,000-px wallpaper giv
 texture to a quarter of the scene. Photos are decoded once and held on the training device as uint8
 (a GPU never waits for the CPU); every random draw comes from one CPU generator, so a resumed run
 replays exactly the crops an uninterrupted one would have seen.
+
+EXTRA_PHOTOS: more colour photographs that install offline, beyond latentstore.data.photos' training split
+(picked by eye: photographs only; the wallpapers of plasma, ukui and gnome not listed there are drawings
+or renders). None is a validation photo, and a thumbnail check refuses any that looks like one.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latentstore.data.photos import available_photos, resize_shorter
+from latentstore.data.imageio import load_image
+from latentstore.data.photos import OPENCV, available_photos, resize_shorter, skimage_photo_path
 from latentstore.errors import UsageError
 
+# name -> file; photos only (ela_modified, rubberwhale2 and the stereo partners' near copies are left out)
+EXTRA_PHOTOS = {f"opencv:{n}": f"{OPENCV}/{n}.{ext}" for n, ext in
+                [("aloeR", "jpg"), ("board", "jpg"), ("ela_original", "jpg"), ("left", "jpg"), ("right", "jpg"),
+                 ("chicky_512", "png"), ("rubberwhale1", "png"), ("smarties", "png")]}
 
-def load_training_photos(crop: int, photo_side: int = 0, max_photos: int = 0, device: str = "cpu") -> list[torch.Tensor]:
-    """(3, H, W) uint8 tensors on `device`: the training split (photo_side > 0 downscales the shorter side)."""
-    photos = available_photos("train")
+
+def extra_photos() -> list[tuple[str, np.ndarray]]:
+    """The EXTRA_PHOTOS that are installed (plus scikit-image's motorcycle), minus any near copy of a validation photo."""
+    files = dict(EXTRA_PHOTOS)
+    try:
+        files["skimage:motorcycle_left"] = skimage_photo_path("astronaut").replace("astronaut.png", "motorcycle_left.png")
+    except ImportError:
+        pass
+    val = [_thumb(p.load()) for p in available_photos("val")]
+    out = []
+    for name, path in files.items():
+        if os.path.exists(path):
+            a = load_image(path)
+            t = _thumb(a)
+            if all(np.corrcoef(t, v)[0, 1] < 0.9 for v in val):
+                out.append((name, a))
+    return out
+
+
+def _thumb(rgb: np.ndarray) -> np.ndarray:
+    """16 x 16 grey thumbnail, flattened: enough to spot the same photo at another size or crop-free resize."""
+    from PIL import Image
+    return np.asarray(Image.fromarray(rgb).convert("L").resize((16, 16), Image.Resampling.BILINEAR), np.float64).ravel()
+
+
+def load_training_photos(crop: int, photo_side: int = 0, max_photos: int = 0, device: str = "cpu",
+                         extra: bool = False) -> list[torch.Tensor]:
+    """(3, H, W) uint8 tensors on `device`: the training split (photo_side > 0 downscales the shorter side),
+    plus the EXTRA_PHOTOS with extra=True."""
+    photos = [p.load for p in available_photos("train")]
+    if extra:
+        photos += [lambda a=a: a for _, a in extra_photos()]
     if max_photos:
         photos = photos[:max_photos]
     if not photos:
         raise UsageError("no training photos found (install scikit-image or the Debian wallpaper packages)")
     out = []
-    for p in photos:
-        a = p.load()
+    for load in photos:
+        a = load()
         a = resize_shorter(a, photo_side) if photo_side else a
         if min(a.shape[:2]) >= crop:
             out.append(torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).contiguous().to(device))

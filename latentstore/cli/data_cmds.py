@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from . import main
-from .common import dataclass_options, friendly
+from .common import LazyOptionsCommand, dataclass_options, friendly
 
 
 def _scenes_config_cls():
@@ -17,11 +17,11 @@ def datasets():
     """Datasets made offline: the segmentation scenes (Fashion-MNIST items pasted onto photos)."""
 
 
-@datasets.command("scenes")
+@datasets.command("scenes", cls=LazyOptionsCommand)
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--train", "n_train", type=int, default=10000, show_default=True, help="training scenes")
 @click.option("--val", "n_val", type=int, default=1000, show_default=True, help="validation scenes")
-@dataclass_options(_scenes_config_cls())
+@dataclass_options(_scenes_config_cls)
 @click.option("--overwrite", is_flag=True, help="regenerate OUT if it holds an earlier scenes set")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @friendly

@@ -10,7 +10,7 @@ import json
 import click
 
 from ..errors import UsageError
-from .common import dataclass_options, friendly
+from .common import LazyOptionsCommand, dataclass_options, friendly
 from .train_cmds import train
 
 
@@ -24,12 +24,12 @@ def _seg_model_names() -> list[str]:
     return list(SEG_ARCHS)
 
 
-@train.command("seg")
+@train.command("seg", cls=LazyOptionsCommand)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="run directory: checkpoints, config.json, log.csv, epochs.csv, curves.png, seg_metrics.json/.csv, "
                    "predictions.png")
-@dataclass_options(_seg_config_cls(), choices={"input": ["latent", "recon", "rgb"], "model": _seg_model_names(),
-                                                "device": ["auto", "cpu", "cuda"]})
+@dataclass_options(_seg_config_cls, choices={"input": ["latent", "recon", "rgb"], "model": _seg_model_names,
+                                              "device": ["auto", "cpu", "cuda"]})
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @friendly
 def seg(out_dir, quiet, **fields):

@@ -11,7 +11,7 @@ import click
 
 from ..errors import UsageError
 from . import main
-from .common import dataclass_options, friendly
+from .common import LazyOptionsCommand, dataclass_options, friendly
 
 
 @main.group()
@@ -60,10 +60,10 @@ CODEC_RULES = {"steps": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "crop": (lambda 
                "beta": _NON_NEGATIVE, "N": (lambda v: v >= 2 and v % 2 == 0, "an even number >= 2")}
 
 
-@train.command("classify")
+@train.command("classify", cls=LazyOptionsCommand)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="run directory: checkpoints, config.json, log.csv, epochs.csv, curves.png")
-@dataclass_options(_classify_config_cls(), choices={"input": ["latent", "recon", "rgb"], "model": _model_names(),
+@dataclass_options(_classify_config_cls, choices={"input": ["latent", "recon", "rgb"], "model": _model_names,
                                                      "device": ["auto", "cpu", "cuda"]})
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @friendly
@@ -83,13 +83,13 @@ def classify(out_dir, quiet, **fields):
         dist.destroy_process_group()
 
 
-@train.command("codec")
+@train.command("codec", cls=LazyOptionsCommand)
 @click.option("--name", default="ls-c16", show_default=True,
               help="operating point to train (sets C and target bpp; NAME-msssim trains it for MS-SSIM)")
 @click.option("--all", "all_points", is_flag=True, help="train every operating point of --family, one after the other")
 @click.option("--family", type=click.Choice(["mse", "msssim", "both"]), default="mse", show_default=True,
               help="with --all: the MSE points (the paper's), the MS-SSIM variants, or both")
-@click.option("--recipe", type=click.Choice(["cpu", "gpu", "smoke"]), default="cpu", show_default=True,
+@click.option("--recipe", type=click.Choice(["cpu", "cpu-finetune", "gpu", "smoke"]), default="cpu", show_default=True,
               help="training defaults (latentstore_train.codec.RECIPES); options given explicitly win")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="run directory (with --all: one sub-folder per operating point): checkpoints, config.json, "
@@ -98,9 +98,9 @@ def classify(out_dir, quiet, **fields):
 @click.option("--N", "N", type=int, default=None, help="trunk width [default: the recipe's]")
 @click.option("--install", is_flag=True,
               help="install the finished codec into the zoo (a different codec of that name is kept as NAME@K)")
-@dataclass_options(_codec_config_cls(), skip=("codec",), choices={"device": ["auto", "cpu", "cuda"],
-                                                                  "lr_schedule": ["step", "cosine"],
-                                                                  "distortion": ["mse", "msssim"]})
+@dataclass_options(_codec_config_cls, skip=("codec",), choices={"device": ["auto", "cpu", "cuda"],
+                                                                "lr_schedule": ["step", "cosine"],
+                                                                "distortion": ["mse", "msssim"]})
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.pass_context
 @friendly
@@ -128,10 +128,10 @@ def _joint_config_cls():
     return JointConfig
 
 
-@train.command("joint")
+@train.command("joint", cls=LazyOptionsCommand)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="run directory: checkpoints, config.json, log.csv (+ tb/), codec.safetensors, classifier/")
-@dataclass_options(_joint_config_cls(), choices={"device": ["auto", "cpu", "cuda"]})
+@dataclass_options(_joint_config_cls, choices={"device": ["auto", "cpu", "cuda"]})
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @friendly
 def joint(out_dir, quiet, **fields):

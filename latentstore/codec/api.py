@@ -27,17 +27,20 @@ def tensor_to_rgb(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def image_symbols(codec: LatentCodec, rgb: np.ndarray, tile: int | None = None, progress: bool = False) -> np.ndarray:
-    """(H, W, 3) uint8 -> (C, ceil(H/8), ceil(W/8)) uint8 symbols (large images tile by tile, never whole as floats)."""
-    return tiling.rgb_symbols(codec, rgb, tile, progress)
+def image_symbols(codec: LatentCodec, rgb: np.ndarray, tile: int | None = None, progress: bool = False,
+                  precision: str | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 -> (C, ceil(H/8), ceil(W/8)) uint8 symbols (large images tile by tile, never whole as floats).
+    precision: auto | bf16 | fp32 (None: LATENTSTORE_PRECISION, else auto; see latentstore/device.py)."""
+    return tiling.rgb_symbols(codec, rgb, tile, progress, policy=codec.policy(precision))
 
 
 def compress(rgb, codec: LatentCodec | str, coder: str = DEFAULT_CODER, tile: int | None = None,
-             progress: bool = False) -> bytes:
-    """One image (uint8 array or PIL image) -> a complete bitstream. `tile`: see codec/tiling.py."""
+             progress: bool = False, precision: str | None = None) -> bytes:
+    """One image (uint8 array or PIL image) -> a complete bitstream. `tile`: see codec/tiling.py; `precision`:
+    see image_symbols."""
     codec = load_codec(codec) if isinstance(codec, str) else codec
     rgb = tiling.as_rgb8(rgb)
-    return codec.pack(image_symbols(codec, rgb, tile, progress), rgb.shape[:2], coder)
+    return codec.pack(image_symbols(codec, rgb, tile, progress, precision), rgb.shape[:2], coder)
 
 
 def codec_for(data: bytes, codec: LatentCodec | str | None = None) -> LatentCodec:
@@ -55,17 +58,18 @@ def codec_for(data: bytes, codec: LatentCodec | str | None = None) -> LatentCode
 
 
 def symbols_to_rgb(codec: LatentCodec, symbols: np.ndarray, size: tuple[int, int], tile: int | None = None,
-                   progress: bool = False) -> np.ndarray:
-    """(C, h, w) uint8 symbols -> (H, W, 3) uint8 pixels (large images tile by tile, never whole as floats)."""
-    return tiling.symbols_rgb(codec, symbols, size, tile, progress)
+                   progress: bool = False, precision: str | None = None) -> np.ndarray:
+    """(C, h, w) uint8 symbols -> (H, W, 3) uint8 pixels (large images tile by tile, never whole as floats).
+    precision: as in image_symbols (bf16: the decoder's trunk in bf16, its last convolution in fp32)."""
+    return tiling.symbols_rgb(codec, symbols, size, tile, progress, policy=codec.policy(precision))
 
 
 def decompress(data: bytes, codec: LatentCodec | str | None = None, tile: int | None = None,
-               progress: bool = False) -> np.ndarray:
+               progress: bool = False, precision: str | None = None) -> np.ndarray:
     """A bitstream -> (H, W, 3) uint8, by the codec given or the shipped one its header names."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise UsageError(f"expected the bytes of a bitstream, got {type(data).__name__}")
     data = bytes(data)
     codec = codec_for(data, codec)
     header, symbols = codec.parse(data)
-    return symbols_to_rgb(codec, symbols, (header.H, header.W), tile, progress)
+    return symbols_to_rgb(codec, symbols, (header.H, header.W), tile, progress, precision)

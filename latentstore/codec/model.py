@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import latentstore_kernels as K
 
+from ..device import codec_policy
 from ..errors import BitstreamError
 from . import bitstream as bs
 from .entropy import get_coder
@@ -184,9 +185,16 @@ class LatentCodec(nn.Module):
         """(B, 3, H, W) in [0, 1] -> z (B, C, ceil(H/8), ceil(W/8)), before quantization."""
         return self.encoder(self.normalise(self.pad8(x01)))
 
-    def decode(self, z_q: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Quantized latents -> (B, 3, H, W) in [0, 1], cropped to `size` when given."""
-        x = self.denormalise(self.decoder(z_q)).clamp(0, 1)
+    def decode(self, z_q: torch.Tensor, size: tuple[int, int] | None = None, policy=None) -> torch.Tensor:
+        """Quantized latents -> (B, 3, H, W) in [0, 1], cropped to `size` when given. policy (device.CodecPolicy):
+        bf16 runs the decoder's trunk in bf16 autocast and its last convolution in fp32; None: plain fp32."""
+        if policy is None or not policy.bf16:
+            y = self.decoder(z_q)
+        else:
+            with policy.autocast():
+                h = self.decoder.trunk(policy.layout_of(z_q))
+            y = self.decoder.head(h.float())
+        x = self.denormalise(y).clamp(0, 1)
         return x[..., : size[0], : size[1]] if size is not None else x
 
     def forward(self, x01: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -196,30 +204,52 @@ class LatentCodec(nn.Module):
         return {"x_hat": x_hat, "z": z, **q}
 
     # ------------------------------------------------------------------- symbols and bytes
+    def policy(self, precision: str | None = None):
+        """The coding policy (device.CodecPolicy) on this codec's device: bf16 on CUDA and on CPUs with native
+        bf16, else fp32; `precision` or LATENTSTORE_PRECISION forces 'fp32' or 'bf16'."""
+        return codec_policy(self.device, precision)
+
+    def prepare(self, policy) -> None:
+        """Put the networks' weights in the policy's memory format (values unchanged). Why: a convolution's
+        output takes its layout from its input or weight, and bf16 oneDNN kernels round NCHW and NHWC inputs
+        differently, so without this a tile and the whole image could meet a layer in different layouts
+        (measured: 8 of 120k cells flipped); channels_last weights make every activation NHWC."""
+        cl = torch.channels_last
+        if policy.layout == "channels_last" and not self.encoder.conv1.weight.is_contiguous(memory_format=cl):
+            self.encoder.to(memory_format=cl)
+            self.decoder.to(memory_format=cl)
+
     @torch.no_grad()
-    def symbols(self, x01: torch.Tensor, tile: int | None = None) -> dict[str, torch.Tensor]:
+    def symbols(self, x01: torch.Tensor, tile: int | None = None, policy=None) -> dict[str, torch.Tensor]:
         """(B, 3, H, W) in [0, 1] -> {'symbols': uint8 (B, C, h, w), 'hard_hist': int64 (C, L)}.
 
         The one path from pixels to symbols (compress and conversion alike): the encoder's last bias
         is added inside the symbol kernel, and z goes in its own dtype (bf16 under autocast).
+        policy: a device.CodecPolicy (None: self.policy(), bf16 where the hardware has it). An image's
+        symbols do not depend on its batch, the thread count or the tiling (tests/test_cpu_policy.py).
         Images over tiling.TILE_ABOVE_PIXELS pixels are encoded in tiles (same symbols, bounded
         memory); `tile` sets the tile side in pixels (0: never tile; None: LATENTSTORE_TILE or default)."""
         from . import tiling
+        policy = policy or self.policy()
+        self.prepare(policy)
         if tiling.wants_tiles(x01.shape[-2:], tile, self.device):
-            return tiling.symbols_tiled(self, x01, tile)
-        z, bias = self.encoder.forward_unbiased(self.normalise(self.pad8(x01)))
+            return tiling.symbols_tiled(self, x01, tile, policy=policy)
+        with policy.autocast():
+            z, bias = self.encoder.forward_unbiased(policy.layout_of(self.normalise(self.pad8(x01))))
         return K.symbols(z, self.quantizer.centres.detach(), bias.detach())
 
     @torch.no_grad()
     def reconstruct(self, symbols: torch.Tensor, size: tuple[int, int] | None = None,
-                    tile: int | None = None) -> torch.Tensor:
+                    tile: int | None = None, policy=None) -> torch.Tensor:
         """uint8 (B, C, h, w) symbols -> (B, 3, H, W) in [0, 1]. Large images are decoded in tiles
-        (same pixels, bounded memory); `tile` as in `symbols`."""
+        (same pixels, bounded memory); `tile` as in `symbols`; `policy` as in `symbols` (see decode)."""
         from . import tiling
+        policy = policy or self.policy()
+        self.prepare(policy)
         full = (8 * symbols.shape[-2], 8 * symbols.shape[-1])
         if tiling.wants_tiles(size or full, tile, self.device):
-            return tiling.reconstruct_tiled(self, symbols, size or full, tile)
-        return self.decode(self.quantizer.dequantize(symbols.to(self.device)), size)
+            return tiling.reconstruct_tiled(self, symbols, size or full, tile, policy=policy)
+        return self.decode(self.quantizer.dequantize(symbols.to(self.device)), size, policy)
 
     def pack(self, symbols: np.ndarray, size: tuple[int, int], coder: str = DEFAULT_CODER, tables=None) -> bytes:
         """Entropy-code (C, h, w) symbols of an image of `size` (H, W) into a complete bitstream.

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from .workers import run_all, worker_count
 
 ENCODER_MARGIN = 5  # latent cells of context around an encoder tile (the receptive field reaches 38 px)
 DECODER_MARGIN = 5  # latent cells of context around a decoder tile
@@ -95,12 +96,16 @@ def _as_float_tile(image, y0: int, y1: int, x0: int, x1: int, device) -> torch.T
 
 
 @torch.no_grad()
-def symbols_tiled(codec, image, tile: int | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
-    """LatentCodec.symbols for a large image, tile by tile.
+def symbols_tiled(codec, image, tile: int | None = None, progress: bool = False, policy=None,
+                  workers: int | None = None) -> dict[str, torch.Tensor]:
+    """LatentCodec.symbols for a large image, tile by tile (`workers` tiles at a time, one per core, see
+    codec/workers.py; `policy` as in LatentCodec.symbols).
 
     image: (B, 3, H, W) float tensor in [0, 1], or (H, W, 3) uint8 numpy (never converted to float whole).
     -> {'symbols': uint8 (B, C, ceil(H/8), ceil(W/8)), 'hard_hist': int64 (C, L)}, on the codec's device."""
     import latentstore_kernels as K
+    policy = policy or codec.policy()
+    codec.prepare(policy)  # before the workers start: they only read the weights
     side = tile_side(tile, codec.device) or DEFAULT_TILE
     if isinstance(image, np.ndarray):
         (H, W), B = image.shape[:2], 1
@@ -110,25 +115,29 @@ def symbols_tiled(codec, image, tile: int | None = None, progress: bool = False)
     out = torch.empty((B, codec.cfg.C, h, w), dtype=torch.uint8, device=codec.device)
     hist = torch.zeros((codec.cfg.C, codec.cfg.L), dtype=torch.int64, device=codec.device)
     tiles = [(ya, yb, xa, xb) for ya, yb in spans(h, T) for xa, xb in spans(w, T)]
+    def one(t):
+        ya, yb, xa, xb = t
+        cy0, cy1, cx0, cx1 = max(0, ya - m), min(h, yb + m), max(0, xa - m), min(w, xb + m)  # cells with context
+        x = _as_float_tile(image, 8 * cy0, min(H, 8 * cy1), 8 * cx0, min(W, 8 * cx1), codec.device)
+        s = codec.symbols(x, tile=0, policy=policy)["symbols"][..., ya - cy0: yb - cy0, xa - cx0: xb - cx0]
+        out[..., ya:yb, xa:xb] = s  # disjoint interiors: workers never write the same cell
+
     with _bar(len(tiles), "encode", progress) as bar:
-        for ya, yb, xa, xb in tiles:
-            cy0, cy1, cx0, cx1 = max(0, ya - m), min(h, yb + m), max(0, xa - m), min(w, xb + m)  # cells with context
-            x = _as_float_tile(image, 8 * cy0, min(H, 8 * cy1), 8 * cx0, min(W, 8 * cx1), codec.device)
-            s = codec.symbols(x, tile=0)["symbols"][..., ya - cy0: yb - cy0, xa - cx0: xb - cx0]
-            out[..., ya:yb, xa:xb] = s
-            hist += K.symbol_histogram(s.long(), codec.cfg.L)  # of the interior only: each cell counted once
-            bar.update(1)
+        run_all(one, tiles, worker_count(workers, codec.device), lambda: bar.update(1))
+    hist += K.symbol_histogram(out.long(), codec.cfg.L)  # of the interiors: each cell counted once
     return {"symbols": out, "hard_hist": hist}
 
 
 @torch.no_grad()
 def reconstruct_tiled(codec, symbols: torch.Tensor, size: tuple[int, int], tile: int | None = None,
-                      progress: bool = False, as_uint8: bool = False):
-    """LatentCodec.reconstruct for a large image, tile by tile.
+                      progress: bool = False, as_uint8: bool = False, policy=None, workers: int | None = None):
+    """LatentCodec.reconstruct for a large image, tile by tile (`workers` and `policy` as in symbols_tiled).
 
     symbols: uint8 (B, C, h, w). -> (B, 3, H, W) float in [0, 1] on the codec's device, or with as_uint8
     an (H, W, 3) uint8 array for B == 1, rounded as api.tensor_to_rgb does: the float image is never
     held whole, which is what keeps `latentstore decompress` of a 20-Mpx image small."""
+    policy = policy or codec.policy()
+    codec.prepare(policy)  # before the workers start: they only read the weights
     side = tile_side(tile, codec.device) or DEFAULT_TILE
     B, _, h, w = symbols.shape
     H, W = int(size[0]), int(size[1])
@@ -140,17 +149,19 @@ def reconstruct_tiled(codec, symbols: torch.Tensor, size: tuple[int, int], tile:
     else:
         out = torch.empty((B, 3, H, W), dtype=torch.float32, device=codec.device)
     tiles = [(ya, yb, xa, xb) for ya, yb in spans(h, T) for xa, xb in spans(w, T)]
+    def one(t):
+        ya, yb, xa, xb = t
+        cy0, cy1, cx0, cx1 = max(0, ya - m), min(h, yb + m), max(0, xa - m), min(w, xb + m)
+        x = codec.reconstruct(symbols[..., cy0:cy1, cx0:cx1], tile=0, policy=policy)
+        py0, py1, px0, px1 = 8 * ya, min(H, 8 * yb), 8 * xa, min(W, 8 * xb)  # the tile's own pixels
+        x = x[..., py0 - 8 * cy0: py1 - 8 * cy0, px0 - 8 * cx0: px1 - 8 * cx0]
+        if as_uint8:
+            out[py0:py1, px0:px1] = (x[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        else:
+            out[..., py0:py1, px0:px1] = x
+
     with _bar(len(tiles), "decode", progress) as bar:
-        for ya, yb, xa, xb in tiles:
-            cy0, cy1, cx0, cx1 = max(0, ya - m), min(h, yb + m), max(0, xa - m), min(w, xb + m)
-            x = codec.reconstruct(symbols[..., cy0:cy1, cx0:cx1], tile=0)
-            py0, py1, px0, px1 = 8 * ya, min(H, 8 * yb), 8 * xa, min(W, 8 * xb)  # the tile's own pixels
-            x = x[..., py0 - 8 * cy0: py1 - 8 * cy0, px0 - 8 * cx0: px1 - 8 * cx0]
-            if as_uint8:
-                out[py0:py1, px0:px1] = (x[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            else:
-                out[..., py0:py1, px0:px1] = x
-            bar.update(1)
+        run_all(one, tiles, worker_count(workers, codec.device), lambda: bar.update(1))
     return out
 
 
@@ -177,19 +188,21 @@ def as_rgb8(image) -> np.ndarray:
     return image
 
 
-def rgb_symbols(codec, rgb: np.ndarray, tile: int | None = None, progress: bool = False) -> np.ndarray:
+def rgb_symbols(codec, rgb: np.ndarray, tile: int | None = None, progress: bool = False, policy=None) -> np.ndarray:
     """(H, W, 3) uint8 -> (C, ceil(H/8), ceil(W/8)) uint8 symbols; large images tile by tile, never whole as floats."""
+    policy = policy or codec.policy()
     if wants_tiles(rgb.shape[:2], tile, codec.device):
-        return symbols_tiled(codec, rgb, tile, progress)["symbols"][0].cpu().numpy()
+        return symbols_tiled(codec, rgb, tile, progress, policy=policy)["symbols"][0].cpu().numpy()
     x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
-    return codec.symbols(x.to(codec.device), tile=0)["symbols"][0].cpu().numpy()
+    return codec.symbols(x.to(codec.device), tile=0, policy=policy)["symbols"][0].cpu().numpy()
 
 
 def symbols_rgb(codec, symbols: np.ndarray, size: tuple[int, int], tile: int | None = None,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False, policy=None) -> np.ndarray:
     """(C, h, w) uint8 symbols -> (H, W, 3) uint8 pixels; large images tile by tile, never whole as floats."""
+    policy = policy or codec.policy()
     sym = torch.from_numpy(np.ascontiguousarray(symbols)).unsqueeze(0)
     if wants_tiles(size, tile, codec.device):
-        return reconstruct_tiled(codec, sym, size, tile, progress, as_uint8=True)
-    x = codec.reconstruct(sym, size, tile=0)[0]
+        return reconstruct_tiled(codec, sym, size, tile, progress, as_uint8=True, policy=policy)
+    x = codec.reconstruct(sym, size, tile=0, policy=policy)[0]
     return (x.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()

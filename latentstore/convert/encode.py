@@ -1,7 +1,10 @@
 """Conversion's encoding stages, one code path for the CPU and the GPU: pixels -> symbols -> payloads.
 
-    launch(ok)   stack the batch -> [0, 1] floats, channels_last -> encoder (bf16 autocast on CUDA) -> the fused
-                 symbols + histogram kernel. Asynchronous on the GPU.                             (main thread)
+    launch(ok)   stack the batch -> [0, 1] floats, channels_last -> encoder (the coding policy, device.py: bf16
+                 autocast on CUDA and on CPUs with native bf16, else fp32; on the CPU a batch is cut into
+                 chunks of at most CPU_CHUNK images, one per core on one torch thread each: see
+                 codec/workers.py) -> the fused symbols + histogram kernel. Asynchronous on the GPU.
+                                                                                                    (main thread)
     finish(h)    what the host needs of a batch. CPU path: its symbols. GPU path (v2 stores of fixed size):
                  the rANS lanes of its payloads (the Triton encoder, on a side stream), its context counts
                  and which images are all zeros; the symbols stay on the device. The pipeline finishes a
@@ -10,9 +13,11 @@
     code(...)    a shard's payloads: numba rANS over all its host symbols at once (threads split it), or the
                  assembly of the GPU's lanes into payloads (a byte shuffle).                     (writer thread)
 Both coders give the same bytes (tests/test_bitstream_v2.py, tests/test_convert.py), so a store's bytes do
-not depend on where it was entropy-coded; they do depend on the encoder's arithmetic (fp32 on the CPU, bf16
-on CUDA), as before. torch.backends.cudnn.benchmark stays off: its timed choice of convolution algorithms
-could round differently from one run to the next, and the same inputs must give the same bytes.
+not depend on where it was entropy-coded; they do depend on the encoder's arithmetic (the policy, recorded in
+schema.policy["encoder"]; an image's symbols do not depend on its batch, chunk or thread count). Stores
+written before the policy was recorded were fp32 on the CPU, bf16 on CUDA (resume_policy keeps to that).
+torch.backends.cudnn.benchmark stays off: its timed choice of convolution algorithms could round
+differently from one run to the next, and the same inputs must give the same bytes.
 """
 from __future__ import annotations
 
@@ -24,9 +29,12 @@ import torch
 
 from ..codec import bitstream as bs
 from ..codec.entropy import rans_v2
-from ..device import autocast_for
+from ..codec.workers import run_all, worker_count
+from ..device import CodecPolicy, codec_policy, policy_from_record, resolve_precision
+from ..errors import UsageError
 
 RANS = "latentstore.rans"
+CPU_CHUNK = 8  # images per encoder call on the CPU: 16 at once ran 1.5x, 32 2.6x slower per image than 8 (cache)
 
 
 @dataclass
@@ -79,10 +87,15 @@ def pixels(group: list, device: str) -> torch.Tensor:
 
 class Encoder:
     """model: the codec on `device`, channels_last. gpu_coding: entropy-code v2 payloads with the Triton
-    encoder (on CUDA by default; `entropy="triton"` forces it, also on the CPU through TRITON_INTERPRET)."""
+    encoder (on CUDA by default; `entropy="triton"` forces it, also on the CPU through TRITON_INTERPRET).
+    policy: the coding policy (device.CodecPolicy); None: device.codec_policy(device), the fast one."""
 
-    def __init__(self, model, device: str, schema, entropy: str = "auto", compile_encoder: bool = False):
+    def __init__(self, model, device: str, schema, entropy: str = "auto", compile_encoder: bool = False,
+                 policy: CodecPolicy | None = None):
         self.model, self.device = model, device
+        self.policy = policy or codec_policy(device, compile=compile_encoder)
+        self.workers = worker_count(None, device)  # CPU: a batch's chunks encoded one per core (codec/workers.py)
+        model.prepare(self.policy)
         self.C, self.L = schema.codec["C"], schema.codec["L"]
         self.v2 = schema.codec.get("coder") == RANS
         self.fixed = schema.policy["mode"] == "fixed"
@@ -113,8 +126,7 @@ class Encoder:
         out = []
         for g in (g for g in groups if g):
             x = pixels(g, self.device)
-            with autocast_for(self.device):
-                r = self._symbols(x, pad_to)
+            r = self._symbols(x, pad_to)
             ev = None
             if self.stream is not None and not host:
                 ev = torch.cuda.Event()
@@ -129,12 +141,20 @@ class Encoder:
 
     def _symbols(self, x: torch.Tensor, pad_to: int) -> dict:
         if self._forward is None:
-            return self.model.symbols(x)
+            if self.device == "cuda" or len(x) == 1:
+                return self.model.symbols(x, policy=self.policy)
+            # one chunk per worker (one per core, one torch thread each), at most CPU_CHUNK images a call
+            step = min(CPU_CHUNK, -(-len(x) // self.workers))
+            parts = run_all(lambda i: self.model.symbols(x[i: i + step], policy=self.policy),
+                            list(range(0, len(x), step)), self.workers)
+            return {"symbols": torch.cat([p["symbols"] for p in parts]),
+                    "hard_hist": sum(p["hard_hist"] for p in parts)}
         import latentstore_kernels as K
         n = x.shape[0]
         if pad_to > n:
             x = torch.cat([x, x.new_zeros((pad_to - n,) + x.shape[1:])]).contiguous(memory_format=torch.channels_last)
-        z, bias = self._forward(x)
+        with self.policy.autocast():
+            z, bias = self._forward(x)
         return K.symbols(z[:n], self.model.quantizer.centres.detach(), bias.detach())
 
     def finish(self, launched) -> list[EncodedBatch]:
@@ -193,3 +213,31 @@ class Encoder:
         m = self.model
         header = bs.Header(m.name, m.hash, C, self.L, h, w, int(s.stored_size[0]), int(s.stored_size[1]), 2)
         return bs.pack(header, s.payload, self.tables)
+
+
+def resume_policy(existing_policy: dict | None, device: str, precision: str | None, compiled: bool) -> tuple:
+    """The coding policy of a run, and what its schema.policy["encoder"] records: a new store takes
+    codec_policy(device, precision) and records it; a resumed one keeps the policy its record names (a store
+    from before records: fp32 on the CPU, bf16 on CUDA, recorded as it was then), and a forced precision
+    that contradicts it is refused: one store, one arithmetic."""
+    asked = resolve_precision(precision)
+    if existing_policy is None:
+        pol = codec_policy(device, precision, compile=compiled)
+        return pol, pol.record()
+    rec = existing_policy.get("encoder")
+    pol = policy_from_record(rec, device)
+    legacy = pol is None
+    if legacy:  # written before policies were recorded
+        pol = CodecPolicy(device=device, dtype="bf16" if device == "cuda" else "fp32", compile=rec == "torch.compile")
+    if asked != "auto" and asked != pol.dtype:
+        raise UsageError(f"cannot resume: the store was encoded in {pol.dtype}, this run asks for {asked} "
+                         "(--precision / LATENTSTORE_PRECISION); one store keeps one arithmetic")
+    if pol.device != device:
+        raise UsageError(f"cannot resume: the store was encoded on {pol.device}, this run is on {device} "
+                         "(other rounding: pass --device " + pol.device + ")")
+    if pol.compile != compiled:
+        raise UsageError("cannot resume: the store was encoded " + ("with" if pol.compile else "without")
+                         + " torch.compile (--encoder), which rounds differently")
+    if legacy:
+        return pol, rec
+    return pol, pol.record()

@@ -4,7 +4,7 @@ Stages, overlapped with threads (DALI, torch and numba release the GIL):
     reader threads: read bytes and screen headers, one batch ahead of the decoder
     reader thread : DALI decode + resize/crop (or Pillow + the same resize); on CUDA the hardware JPEG
                     decoder, GPU resize/crop, and a DLPack hand-off: the pixels stay on the GPU
-    main thread   : encoder (bf16 channels_last on CUDA) -> fused symbols + histogram kernel; on CUDA also the
+    main thread   : encoder (bf16 channels_last on CUDA and native-bf16 CPUs) -> fused symbols + histogram; on CUDA the
                     v2 rANS encoder (a side stream), so that only compressed bytes reach the host (encode.py)
     writer thread : the shard's payloads (numba rANS over the whole shard on the CPU; assembly of the GPU's
                     lanes), then its files written directly (fixed-size Zarr) and its part record, committed
@@ -35,7 +35,7 @@ from ..store.lock import LOCK_DIR
 from ..store.schema import StoreSchema
 from ..store.writer import StoreWriter, finalize_store
 from .decode import DaliImageStage, decode_batch, read_screened
-from .encode import RANS, EncodedBatch, Encoder
+from .encode import RANS, EncodedBatch, Encoder, resume_policy
 from .shards import ShardWriter, code_and_write, make_samples
 from .sources import InputItem, list_inputs
 
@@ -62,6 +62,7 @@ class ConvertOptions:
     bitstream: str = "v2"  # v2: latentstore.rans with tables fitted to the store; v1: latentstore.ans
     entropy: str = "auto"  # v2 coder: auto (Triton on CUDA, numba on the CPU), triton, numba: the same bytes
     encoder: str = "eager"  # eager | compile (torch.compile, fixed size; other float rounding: kept in the policy)
+    precision: str | None = None  # auto | bf16 | fp32; None: LATENTSTORE_PRECISION, else auto (device.codec_policy)
     reader_threads: int = 4  # threads reading and screening the next batch's files
 
 
@@ -75,6 +76,7 @@ class ConvertSummary:
     shards_skipped: int = 0  # already committed (resume)
     wall_s: float = 0.0
     stage_s: dict = field(default_factory=dict)  # seconds per stage (decode, encode, code, write, fit)
+    policy: str = ""  # what the encoder ran in (device.CodecPolicy.describe())
     finalized: bool = False
     schema: StoreSchema | None = None
 
@@ -88,6 +90,8 @@ class ConvertSummary:
         s = self
         lines = [f"converted      {s.stored:,} images stored, {s.rejected:,} rejected by this process in {s.wall_s:.1f} s "
                  f"({s.images_per_s:.1f} img/s); {s.shards_written} shards written, {s.shards_skipped} already done"]
+        if s.policy:
+            lines.append(f"encoder        {s.policy}")
         if s.stage_s:
             lines.append("stages (s)     " + ", ".join(f"{k} {v:.1f}" for k, v in s.stage_s.items()))
         for r in s.rejects[:10]:
@@ -148,13 +152,16 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
         raise UsageError(f"--bitstream must be v1 or v2 (got {opts.bitstream!r})")
     schema.codec["coder"] = coder
     compiled = opts.encoder == "compile" and opts.size is not None
-    if compiled:  # other float rounding than eager: a resume must not mix the two (the policy is compared)
-        schema.policy["encoder"] = "torch.compile"
+    # what the encoder runs in (dtype, layout, compile) is part of the policy: the writer refuses a resume whose
+    # policy differs, and a resume takes the store's recorded policy unless told otherwise (encode.resume_policy)
+    policy, record = resume_policy(_existing_policy(dst) if opts.resume else None, device, opts.precision, compiled)
+    if record is not None:
+        schema.policy["encoder"] = record
     # on CUDA the GPU wants big batches; batches stay inside shards (resume and ranks redo whole shards)
     batch = max(opts.batch_size, GPU_MIN_BATCH) if device == "cuda" else opts.batch_size
     model = copy.deepcopy(codec).to(device).to(memory_format=torch.channels_last)  # a copy: the zoo's stays as is
     stage = DaliImageStage(opts.size, batch, device, _dali_threads(device))
-    enc = Encoder(model, device, schema, opts.entropy, compiled)
+    enc = Encoder(model, device, schema, opts.entropy, compiled, policy=policy)
     ready: dict = {}  # batches the table fit already encoded, by their slots (see _fit_tables)
     stats = {"decode": 0.0, "encode": 0.0, "code": 0.0, "write": 0.0, "fit": 0.0}  # seconds; the fit's own
     # decoding and encoding count in decode and encode too
@@ -173,7 +180,7 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
         todo = [k for k in mine if k not in done]
         if opts.max_shards:
             todo = todo[: opts.max_shards]
-        summary = ConvertSummary(dst, shards_skipped=len(mine) - len(todo))
+        summary = ConvertSummary(dst, shards_skipped=len(mine) - len(todo), policy=enc.policy.describe())
         _run_shards(listing.items, todo, writer, enc, stage, batch, opts, summary, ready, stats)
         summary.wall_s = time.time() - t_start
         if world == 1 and not opts.max_shards:
@@ -184,6 +191,18 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
     return summary
 
 
+def _existing_policy(dst: str) -> dict | None:
+    """The policy recorded by the store a resume continues (its creation record); None when there is none yet."""
+    from ..store.remote import location_for
+    from ..store.schema import PARTS_DIR
+    from ..store.writer import INIT_MARKER, parse_record
+    try:
+        data = location_for(dst).read(f"{PARTS_DIR}/{INIT_MARKER}")
+    except (OSError, FileNotFoundError):
+        return None
+    return parse_record(data, dst, INIT_MARKER).policy
+
+
 def _dali_threads(device: str) -> int:
     """DALI's CPU threads: 2 on the CPU path (the encoder wants the cores); on CUDA enough for the hardware
     decoder's host side and the Huffman decoding of what it does not take."""
@@ -192,17 +211,15 @@ def _dali_threads(device: str) -> int:
 
 def _fit_tables(schema: StoreSchema, items: list[InputItem], enc: Encoder, stage, batch: int, opts: ConvertOptions,
                 ready: dict, stats: dict) -> None:
-    """The store's v2 tables, from a seeded sample of its inputs, into the schema it is created with. When the
-    sample is every input (stores of up to FIT_SAMPLES inputs), its batches are [0, B), [B, 2B), ...: the main
-    run's own batches wherever shards split into whole batches, and the same inputs through the same encoder
+    """The store's v2 tables, from a seeded sample of its inputs, into the schema it is created with. The sample
+    is made of the main run's own batches (tables.fit_batches), and the same inputs through the same encoder
     give the same symbols, so those batches are kept in `ready` instead of being encoded twice (on the CPU,
     where the encoder is nearly all of the time; the GPU path codes every batch on the device instead)."""
-    from .tables import fit_sample, fit_store_tables, recorded
-    slots = fit_sample(len(items))
-    keep = len(slots) == len(items) and not enc.gpu_coding
+    from .tables import BATCH_METHOD, fit_batches, fit_store_tables, recorded
+    order = [tuple(b) for b in fit_batches(len(items), batch, opts.shard_size)]  # fit_store_tables' batches
+    keep = not enc.gpu_coding
     last: dict = {}
     t_fit = time.time()
-    order = [tuple(slots[b0: b0 + batch]) for b0 in range(0, len(slots), batch)]  # fit_store_tables' batches
     ahead = ThreadPoolExecutor(1, thread_name_prefix="fit-read")
     futs: dict = {}
 
@@ -225,11 +242,11 @@ def _fit_tables(schema: StoreSchema, items: list[InputItem], enc: Encoder, stage
         return [(slot, b.symbols[i], b.metas[i]) for b in batches for i, slot in enumerate(b.slots)], None
 
     try:
-        schema.codec["rans_tables"] = fit_store_tables(slots, decode, encode, schema.codec["C"], schema.codec["L"],
-                                                       batch).tolist()
+        schema.codec["rans_tables"] = fit_store_tables([list(b) for b in order], decode, encode, schema.codec["C"],
+                                                       schema.codec["L"]).tolist()
     finally:
         ahead.shutdown(wait=True)
-    schema.codec["rans_tables_fit"] = recorded(len(slots))
+    schema.codec["rans_tables_fit"] = recorded(sum(len(b) for b in order), BATCH_METHOD)
     stats["fit"] += time.time() - t_fit
 
 
@@ -334,6 +351,10 @@ def merge(dst: str) -> StoreSchema:
     """After every rank of a sharded conversion is done: check and commit the whole store."""
     from ..atomic import remove_stale_temps
     from ..store.lock import WriterLock
+    from ..store.remote import is_remote
+    if is_remote(dst):  # object storage: the remote merge lock, one commit (store/remote/commit.py)
+        from ..store.remote.commit import merge_remote
+        return merge_remote(dst)
     if not os.path.exists(dst):
         raise UsageError(f"{dst}: no such store")
     with WriterLock.for_merge(dst):  # refuses while any rank still writes

@@ -12,6 +12,7 @@ A VOC root itself is refused with a hint to pick a split (as a class tree it wou
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tarfile
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from ..data.imageio import IMAGE_EXTENSIONS, MAX_FILE_BYTES, read_bounded
 from ..data.voc import SPLIT_DIR, is_voc_root, list_voc, resolve_voc_root, voc_class_names
 from ..errors import BadImageError, UsageError
+from ..store.remote.location import is_remote
 
 MAX_LABEL_MEMBER = 1024  # a .cls member is a class name, not a payload
 
@@ -39,6 +41,12 @@ class InputItem:
         if self.tar_size > limit:
             raise BadImageError(f"{self.ref}: tar member of {self.tar_size:,} bytes is over the {limit:,}-byte file limit")
         tar = self.ref.split("::", 1)[0]
+        if is_remote(tar):  # a tar shard in object storage: fetched whole once, members sliced from it
+            parent, name = tar.rsplit("/", 1)
+            data = source_cache(parent).read_range(name, self.tar_offset, self.tar_size)
+            if len(data) != self.tar_size:
+                raise BadImageError(f"{self.ref}: tar member is truncated ({len(data)} of {self.tar_size} bytes)")
+            return data
         try:
             fd = os.open(tar, os.O_RDONLY)
             try:
@@ -71,6 +79,8 @@ def _is_image(name: str) -> bool:
 
 
 def list_inputs(src: str) -> InputListing:
+    if is_remote(src):
+        return _list_remote_tars(src)
     if not os.path.exists(src):
         raise UsageError(f"{src}: no such file or directory")
     if os.path.isfile(src):
@@ -175,11 +185,46 @@ def _list_file(path: str) -> InputListing:
     return InputListing(items, names, [], "list")
 
 
-def _list_tars(tars: list[str]) -> InputListing:
+_SOURCE_CACHES: dict = {}
+
+
+def source_cache(parent: str):
+    """The per-process shard cache of a remote source folder (store/remote/blobs.py): one GET per tar."""
+    if parent not in _SOURCE_CACHES:
+        from ..store.remote import location_for
+        from ..store.remote.blobs import ShardCache
+        _SOURCE_CACHES[parent] = ShardCache(location_for(parent), "source")
+    return _SOURCE_CACHES[parent]
+
+
+def _list_remote_tars(src: str) -> InputListing:
+    """WebDataset tar shards in object storage: SRC a prefix holding NAME.tar objects, or one .tar's URL
+    (the only form over http(s), which cannot be listed)."""
+    from ..store.remote import location_for
+    if src.endswith(".tar"):
+        parent, names = src.rsplit("/", 1)[0], [src.rsplit("/", 1)[1]]
+    else:
+        parent = src.rstrip("/")
+        loc = location_for(parent)
+        if getattr(loc, "http", False):
+            raise UsageError(f"{src}: an http(s) source must name a .tar shard (http cannot be listed)")
+        names = sorted(k for k in loc.list() if k.endswith(".tar") and "/" not in k)
+        if not names:
+            raise UsageError(f"{src}: no .tar shards there (remote sources are WebDataset shards)")
+    cache = source_cache(parent)
+    try:
+        cache.fetch(names)  # in parallel, bounded
+        return _list_tars([f"{parent}/{n}" for n in names],
+                          lambda t: tarfile.open(fileobj=io.BytesIO(cache.get(t.rsplit("/", 1)[1])), mode="r"))
+    except FileNotFoundError:
+        raise UsageError(f"{src}: no such object") from None
+
+
+def _list_tars(tars: list[str], open_tar=None) -> InputListing:
     items, classes, notes = [], [], []
     for t in tars:
         try:
-            with tarfile.open(t, "r") as tf:
+            with (open_tar(t) if open_tar else tarfile.open(t, "r")) as tf:
                 members = [m for m in tf if m.isfile()]
                 cls = {}
                 for m in members:

@@ -243,6 +243,20 @@ class LatentBatchStream(IterableDataset):
             yield collate(self.ds.samples(chunk, self.epoch))
 
 
+def worker_context(dataset):
+    """The DataLoader's multiprocessing context for a dataset: 'forkserver' when it reads an object store
+    (obstore does not survive fork(), store/remote/location.py), else the platform's default."""
+    from ..store.remote import is_remote
+    path = getattr(dataset, "path", None) or getattr(getattr(dataset, "ds", None), "path", None)
+    if not is_remote(path):
+        return None
+    import multiprocessing
+    ctx = multiprocessing.get_context("forkserver")
+    # the server imports the readers once; each worker forks from it with them loaded (not a fresh torch import)
+    ctx.set_forkserver_preload(["latentstore.data.datasets", "latentstore.store.remote.blobs"])
+    return ctx
+
+
 class ResumableLoader:
     """A DataLoader that knows where it is in the epoch: state_dict()/load_state_dict() resume exactly."""
 
@@ -250,7 +264,8 @@ class ResumableLoader:
                  shuffle: bool = True, pin_memory: bool = False, persistent_workers: bool = False):
         self.dataset, self.batch_size = dataset, batch_size
         self.kw = dict(num_workers=num_workers, pin_memory=pin_memory,
-                       persistent_workers=persistent_workers and num_workers > 0)
+                       persistent_workers=persistent_workers and num_workers > 0,
+                       multiprocessing_context=worker_context(dataset) if num_workers > 0 else None)
         self.stream = isinstance(dataset, LatentBatchStream)
         self.sampler = None if self.stream else EpochSampler(len(dataset), seed, shuffle, rank, world)
         self.epoch, self.batches_done = 0, 0

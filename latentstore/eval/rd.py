@@ -171,6 +171,12 @@ def format_summary(rows: list[dict]) -> str:
                      f"{f('JPEG_msssim_at_bpp', 12, 4)} | {f('JPEG2000_psnr_at_bpp', 8, 2)} {f('JPEG2000_msssim_at_bpp', 11, 4)}"
                      f"   beats JPEG MS-SSIM on {r['beats_JPEG_msssim']}/{r['JPEG_msssim_reached']} photos JPEG reaches, "
                      f"J2K on {r['beats_JPEG2000_msssim']}/{r['JPEG2000_msssim_reached']}")
+    lines.append("photos where the codec is above each classical codec at its own bpp (of the photos that codec reaches):")
+    for r in rows:
+        wins = " | ".join(f"{label}: " + ", ".join(f"{ref} {r[f'beats_{key}_{m}']}/{r[f'{key}_{m}_reached']}"
+                                                   for ref, key in (("JPEG", "JPEG"), ("J2K", "JPEG2000"), ("WebP", "WebP")))
+                          for m, label in (("msssim", "MS-SSIM"), ("psnr", "PSNR")))
+        lines.append(f"  {r['codec']:8} {wins}")
     return "\n".join(lines)
 
 

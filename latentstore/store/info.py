@@ -14,6 +14,14 @@ PAPER_PIXELS_PER_IMAGE = PAPER_GB_AT_0635 * 1e9 * 8 / (0.635 * IMAGENET_TRAIN_IM
 
 
 def dir_bytes(path: str) -> int:
+    from .remote import is_remote, location_for
+    if is_remote(path):  # one listing of the prefix
+        loc = location_for(path)
+        if getattr(loc, "http", False):  # no listing: the objects the schema names, and the schema object
+            from .schema import read_schema
+            names = set(read_schema(path).checksums) | ({"zarr.json"} if loc.exists("zarr.json") else {"schema.json"})
+            return sum(loc.size(n) or 0 for n in names)
+        return sum(v for k, v in loc.list().items() if not k.startswith(LOCK_DIR + "/"))
     total = 0
     for root, dirs, files in os.walk(path):
         dirs[:] = [d for d in dirs if d != LOCK_DIR]  # a writer's lock is not part of the store
@@ -33,7 +41,8 @@ def info(path: str) -> dict:
     on_disk = dir_bytes(path)
     latent = t.get("latent_bytes", 0)
     payload = t.get("entropy_payload_bytes")  # absent in stores written before 0.2
-    codec_bytes = os.path.getsize(os.path.join(path, CODEC_FILE)) if os.path.exists(os.path.join(path, CODEC_FILE)) else 0
+    from .remote import location_for
+    codec_bytes = location_for(path).size(CODEC_FILE) or 0
     px = t.get("stored_pixels", 0)
     out = {
         "path": path, "format": s.kind, "schema_version": s.schema_version, "complete": s.complete,

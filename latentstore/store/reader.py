@@ -93,7 +93,8 @@ class LatentStore:
     def codec(self):
         """The codec embedded in the store (its weights hash is checked against the schema)."""
         from ..codec.zoo import load_codec_file
-        c = load_codec_file(os.path.join(self.path, CODEC_FILE))
+        from .remote import location_for
+        c = load_codec_file(location_for(self.path).local_copy(CODEC_FILE))
         if c.hash != self.schema.codec["weights_hash"]:
             raise StoreError(f"{self.path}: embedded codec's hash {c.hash} differs from the schema's")
         return c

@@ -95,6 +95,14 @@ class StoreSchema:
 
 
 def detect_kind(path: str) -> str:
+    from .remote import is_remote, location_for
+    if is_remote(path):
+        loc = location_for(path)
+        if loc.exists("zarr.json"):
+            return "zarr"
+        if loc.exists(SCHEMA_FILE):
+            return "wds"
+        raise describe_missing_remote(path)
     if os.path.exists(os.path.join(path, "zarr.json")):
         return "zarr"
     if os.path.exists(os.path.join(path, SCHEMA_FILE)):
@@ -105,14 +113,42 @@ def detect_kind(path: str) -> str:
 
 
 def read_schema(path: str) -> StoreSchema:
+    from .remote import location_for
     kind = detect_kind(path)
+    loc = location_for(path)
     try:
         if kind == "zarr":
-            with open(os.path.join(path, "zarr.json")) as f:
-                d = json.load(f).get("attributes", {}).get("latentstore", {})
+            d = json.loads(loc.read("zarr.json")).get("attributes", {}).get("latentstore", {})
         else:
-            with open(os.path.join(path, SCHEMA_FILE)) as f:
-                d = json.load(f)
+            d = json.loads(loc.read(SCHEMA_FILE))
     except (OSError, ValueError, AttributeError) as e:
         raise StoreError(f"{path}: unreadable schema ({str(e).splitlines()[0]})") from None
     return StoreSchema.from_dict(d, path)
+
+
+def listing_state(loc) -> tuple[bool, bool]:
+    """An object-store prefix: (has content besides lock objects, looks like a latentstore store being written)."""
+    from .lock import LOCK_DIR
+    names = [n for n in loc.list() if not n.startswith(LOCK_DIR + "/")]
+    ours = any(n.startswith(PARTS_DIR + "/") or n == SCHEMA_FILE for n in names)
+    if not ours and "zarr.json" in names:
+        try:
+            ours = "latentstore" in json.loads(loc.read("zarr.json")).get("attributes", {})
+        except (ValueError, FileNotFoundError):
+            ours = False
+    return bool(names), ours
+
+
+def describe_missing_remote(url: str) -> Exception:
+    """The error for a remote prefix with no schema object: no such store, or a half-written one."""
+    from .remote import location_for
+    loc = location_for(url)
+    if getattr(loc, "http", False):
+        return UsageError(f"{url}: no such store (neither zarr.json nor {SCHEMA_FILE} there)")
+    content, ours = listing_state(loc)
+    if not content:
+        return UsageError(f"{url}: no such store")
+    if ours:
+        return StoreError(f"{url}: a half-written remote store (its creation was interrupted before its metadata "
+                          "was uploaded); run `latentstore convert --resume` to finish it")
+    return StoreError(f"{url}: not a latentstore store (neither zarr.json nor {SCHEMA_FILE})")

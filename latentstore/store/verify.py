@@ -7,6 +7,7 @@ the schema claims. Each problem is one line naming the file or the sample.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -15,7 +16,8 @@ import numpy as np
 from ..errors import StoreError
 from .reader import open_store
 from .schema import CODEC_FILE, PARTS_DIR
-from .writer import INIT_MARKER, NOTES_FILE, check_seal, read_record, sha256_file
+from .remote import location_for
+from .writer import INIT_MARKER, NOTES_FILE, check_seal, parse_record, sha256_file
 
 
 def verify(path: str, progress=None) -> dict:
@@ -24,20 +26,21 @@ def verify(path: str, progress=None) -> dict:
     schema, backend = store.schema, store.backend
     errors: list[str] = []
     notes: list[str] = []
+    loc = location_for(path)
     for rel, want in sorted(schema.checksums.items()):
-        f = os.path.join(path, rel)
-        if not os.path.exists(f):
+        got = _sha256(loc, rel)
+        if got is None:
             errors.append(f"{backend.file_where(rel)}: file {rel} is missing")
-        elif sha256_file(f) != want:
+        elif got != want:
             errors.append(f"{backend.file_where(rel)}: checksum mismatch in {rel}")
-    if not os.path.exists(os.path.join(path, CODEC_FILE)):
+    if not loc.exists(CODEC_FILE):
         errors.append(f"{CODEC_FILE} is missing")
     else:
         if CODEC_FILE not in schema.checksums:
             notes.append(f"schema v{schema.schema_version} records no checksum of {CODEC_FILE} or the array metadata, "
                          "nor of itself: those are checked by loading them and by cross-checks")
         errors += _codec_matches(store)
-    errors += _check_records(path)
+    errors += _check_records(path, schema.num_shards)
     structural = backend.check()
     errors += structural
     n = 0
@@ -70,22 +73,36 @@ def _decode_all(store, errors: list[str], progress) -> int:
     return n
 
 
-def _check_records(path: str) -> list[str]:
+def _sha256(loc, rel: str) -> str | None:
+    """sha256 of a store file (local: streamed; remote: one GET), None when it is missing."""
+    if loc.local:
+        f = os.path.join(loc.url, rel)
+        return sha256_file(f) if os.path.exists(f) else None
+    try:
+        return hashlib.sha256(loc.read(rel)).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _check_records(path: str, num_shards: int) -> list[str]:
     """The records `merge` and `--resume` trust: each must pass its own seal (stores written before seals have none)."""
-    d = os.path.join(path, PARTS_DIR)
+    loc = location_for(path)
+    if getattr(loc, "http", False):  # no listing over http(s): the records a complete store has, by name
+        want = [INIT_MARKER, NOTES_FILE] + [f"shard-{k:06d}.json" for k in range(num_shards)]
+        names = sorted(n for n in want if loc.exists(f"{PARTS_DIR}/{n}"))
+    else:
+        names = sorted(n.split("/", 1)[1] for n in loc.list(PARTS_DIR + "/") if n.count("/") == 1)
     errs = []
-    init = os.path.join(d, INIT_MARKER)
-    if os.path.exists(init):
+    if INIT_MARKER in names:
         try:
-            read_record(init, path)  # the schema's own checksum (v2) and bounds
+            parse_record(loc.read(f"{PARTS_DIR}/{INIT_MARKER}"), path, INIT_MARKER)  # the schema's own checksum (v2) and bounds
         except StoreError as e:
             errs.append(f"{PARTS_DIR}/{INIT_MARKER}: {str(e).split(': ', 1)[-1]}")
-    for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+    for f in names:
         if not ((f.startswith("shard-") and f.endswith(".json")) or f == NOTES_FILE):
             continue
         try:
-            with open(os.path.join(d, f)) as fh:
-                rec = json.load(fh)
+            rec = json.loads(loc.read(f"{PARTS_DIR}/{f}"))
             if isinstance(rec, dict) and "sha256" in rec:
                 check_seal(rec, f"{PARTS_DIR}/{f}")
         except (OSError, ValueError) as e:

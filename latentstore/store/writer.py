@@ -27,10 +27,11 @@ from ..atomic import remove_stale_temps, write_json_atomic
 from ..errors import StoreError, UsageError
 from .backends import backend_for
 from .lock import LOCK_DIR, WriterLock
+from .records import (INIT_MARKER, NOTES_FILE, check_resumable, check_seal, complete_schema,  # noqa: F401
+                      parse_record, read_record, seal)
+from .remote.location import is_remote
 from .schema import CODEC_FILE, PARTS_DIR, StoreSchema, read_schema
 
-INIT_MARKER = "INIT.json"  # in _parts/: written last by the rank that creates the store
-NOTES_FILE = "notes.json"  # in _parts/: conversion notes, folded into the schema by finalize
 
 
 @dataclass
@@ -76,12 +77,13 @@ def cross_entropy_bits(counts: np.ndarray, freqs: np.ndarray) -> float:
 class StoreWriter:
     """Create or resume a store at `root`; write shards; finalize."""
 
-    def __init__(self, root: str, schema: StoreSchema, lock: WriterLock | None = None):
-        self.root = root
+    def __init__(self, root: str, schema: StoreSchema, lock: WriterLock | None = None, remote=None):
+        self.root = root  # where the backend writes: the store, or a remote store's local staging folder
         self.schema = schema
         self.freqs = np.asarray(schema.codec["freqs"], dtype=np.int64)
         self.backend = backend_for(root, schema)
         self.lock = lock
+        self.remote = remote  # remote.commit.RemoteMirror of an object-store destination, else None
 
     # ----------------------------------------------------------------------------- opening
     @classmethod
@@ -90,6 +92,9 @@ class StoreWriter:
         """Take this rank's writer lock; rank 0 creates the store (or checks it on resume), other ranks wait
         for it. `on_create(schema)` completes the schema just before creation (rank 0, a new store only):
         the work that must happen once per store, like fitting its tables. Call `close()` when done."""
+        if is_remote(root):  # staged locally, committed object by object (store/remote/commit.py)
+            from .remote.commit import open_remote
+            return open_remote(cls, root, schema, codec_file, resume, rank, world, wait_s, on_create)
         marker = os.path.join(root, PARTS_DIR, INIT_MARKER)
         if rank == 0 and _has_content(root) and not resume:
             raise UsageError(f"{root} exists; pass --resume to continue it, or choose a new destination")
@@ -111,17 +116,7 @@ class StoreWriter:
                     raise StoreError(f"{root}: rank 0 has not created the store after {wait_s:.0f} s")
                 time.sleep(0.2)
             existing = read_record(marker, root)
-            if existing.codec.get("coder", "latentstore.ans") != schema.codec.get("coder", "latentstore.ans"):
-                raise UsageError(f"cannot resume {root}: it was written with entropy coder "
-                                 f"{existing.codec.get('coder', 'latentstore.ans')}, this run asks for "
-                                 f"{schema.codec.get('coder')} (--bitstream)")
-            for k in ("kind", "policy", "shard_size", "num_slots", "inputs_sha256", "label_names", "has_masks"):
-                if getattr(existing, k) != getattr(schema, k):
-                    raise UsageError(f"cannot resume {root}: its {k} differs from this run's (different inputs or options)")
-            if existing.codec["weights_hash"] != schema.codec["weights_hash"]:
-                raise UsageError(f"cannot resume {root}: it was written by codec {existing.codec['id']} "
-                                 f"({existing.codec['weights_hash']}), not {schema.codec['id']} "
-                                 f"({schema.codec['weights_hash']})")
+            check_resumable(existing, schema, root)
         except BaseException:
             lock.release()
             raise
@@ -144,6 +139,8 @@ class StoreWriter:
         """Release the writer lock (idempotent)."""
         if self.lock is not None:
             self.lock.release()
+        if self.remote is not None:
+            self.remote.cleanup()
 
     def ideal_bits(self, samples: list[Sample], counts: np.ndarray) -> float:
         """What an ideal coder spends on the samples under the store's own model: v1 from the (C, L) counts,
@@ -159,6 +156,8 @@ class StoreWriter:
 
     def record_notes(self, notes: list[dict]) -> None:
         """Findings that are not inputs (an empty class folder): kept in the schema once finalized."""
+        if self.remote is not None:
+            return self.remote.put_json(f"{PARTS_DIR}/{NOTES_FILE}", seal({"notes": notes}))
         write_json_atomic(seal({"notes": notes}), os.path.join(self.root, PARTS_DIR, NOTES_FILE))
 
     # ----------------------------------------------------------------------------- shards
@@ -166,6 +165,8 @@ class StoreWriter:
         return os.path.join(self.root, PARTS_DIR, f"shard-{k:06d}.json")
 
     def committed(self) -> set[int]:
+        if self.remote is not None:
+            return self.remote.committed()
         d = os.path.join(self.root, PARTS_DIR)
         return {int(f[6:12]) for f in os.listdir(d) if f.startswith("shard-") and f.endswith(".json")}
 
@@ -196,6 +197,10 @@ class StoreWriter:
                 "entropy_bits": self.ideal_bits(samples, counts) if samples else 0.0,
             },
         }
+        if self.remote is not None:  # the shard's objects, then its record (conditional create), last
+            self.lock.heartbeat()  # renewing the lease first: a writer whose lock was taken commits nothing
+            self.remote.commit_shard(k, files, seal(part), self.root)
+            return part
         write_json_atomic(seal(part), self.part_path(k))
         if self.lock is not None:
             self.lock.heartbeat()
@@ -204,7 +209,7 @@ class StoreWriter:
     # ----------------------------------------------------------------------------- finalize
     def finalize(self) -> StoreSchema:
         """Check every shard is committed, then write the complete schema (the store's commit)."""
-        return finalize_store(self.root)
+        return finalize_store(self.remote.url if self.remote is not None else self.root)
 
 
 def _has_content(root: str) -> bool:
@@ -219,28 +224,6 @@ def _clear_except_locks(root: str) -> None:
         if e != LOCK_DIR:
             p = os.path.join(root, e)
             shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
-
-
-def seal(record: dict) -> dict:
-    """A commit record with its own sha256, so `merge` can refuse a damaged one."""
-    body = {k: v for k, v in record.items() if k != "sha256"}
-    return {**body, "sha256": hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()}
-
-
-def check_seal(record: dict, where: str) -> dict:
-    if not isinstance(record, dict) or record.get("sha256") != seal(record)["sha256"]:
-        raise StoreError(f"{where}: commit record fails its checksum (damaged); delete it and run "
-                         "`latentstore convert --resume` to rewrite that shard")
-    return record
-
-
-def read_record(path: str, root: str) -> StoreSchema:
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except (OSError, ValueError) as e:
-        raise StoreError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
-    return StoreSchema.from_dict(d, f"{root} ({os.path.basename(path)})")
 
 
 def read_parts(root: str) -> dict[int, dict]:
@@ -272,30 +255,19 @@ def _half_created_by_us(root: str) -> bool:
 
 
 def finalize_store(root: str) -> StoreSchema:
+    if is_remote(root):
+        from .remote.commit import finalize_remote
+        return finalize_remote(root)
     marker = os.path.join(root, PARTS_DIR, INIT_MARKER)
     if not os.path.exists(marker):
         raise StoreError(f"{root}: not a latentstore store being written (no {PARTS_DIR}/{INIT_MARKER})")
     schema = read_record(marker, root)
     d = os.path.join(root, PARTS_DIR)
     parts = read_parts(root)
-    missing = [k for k in range(schema.num_shards) if k not in parts]
-    if missing:
-        raise StoreError(f"{root}: {len(missing)} of {schema.num_shards} shards are not written yet "
-                         f"(first missing: {missing[0]}); run the remaining ranks, or convert --resume")
-    totals: dict = {}
-    for p in parts.values():
-        for key, v in p["totals"].items():
-            totals[key] = totals.get(key, 0) + v
-    schema.num_samples = sum(p["samples"] for p in parts.values())
-    schema.rejects = [r for k in sorted(parts) for r in parts[k]["rejects"]]
-    schema.num_rejected = len(schema.rejects)
     notes = os.path.join(d, NOTES_FILE)
     if os.path.exists(notes):
         with open(notes) as fh:
             schema.notes = check_seal(json.load(fh), f"{PARTS_DIR}/{NOTES_FILE}")["notes"]
-    schema.totals = totals
-    schema.checksums = {**schema.checksums,  # the codec and metadata files, from creation
-                        **{name: h for k in sorted(parts) for name, h in parts[k]["checksums"].items()}}
-    schema.complete = True
+    complete_schema(schema, parts, root)
     backend_for(root, schema).write_schema(schema)
     return read_schema(root)

@@ -1,5 +1,9 @@
 """numba kernels of `latentstore.rans` (format: rans_v2's docstring; these must match its reference).
 
+Decoding: rans_v2.decode_batch runs the SIMD C extension (rans_simd.py, _rans_simd.c; ~4x faster)
+when it is built; decode_range here is the fallback and its reference (LATENTSTORE_RANS_ISA=numba).
+LLVM keeps it scalar: the table loads never become gathers (checked in numba's assembly).
+
 Why the code looks the way it does:
 - All arithmetic is int64: a state is < 2**32, and numba turns mixed signed/unsigned arithmetic
   into float64, so no uint32 appears. Hot-loop indices go through U() (uint64): numba then emits

@@ -48,8 +48,10 @@ integrity). The outer bitstream (header, CRC) is bitstream.py's job. Alphabets: 
 
 Implementations, bit-identical: encode_reference/decode_reference below (pure Python: they
 define the format; slow), the numba kernels in rans_kernels_cpu.py (encode/decode, the batch
-versions, threads), and the Triton kernels in latentstore_kernels.rans (decode and encode, one
-lane per program element; GPU, or TRITON_INTERPRET=1 on the CPU).
+versions, threads), the SIMD decoder (the C extension _rans_simd.c through rans_simd.py: AVX-512,
+AVX2 or scalar; what decode_batch runs when it is built), and the Triton kernels in
+latentstore_kernels.rans (decode and encode, one lane per program element; GPU, or
+TRITON_INTERPRET=1 on the CPU).
 """
 from __future__ import annotations
 
@@ -255,8 +257,10 @@ def encode_batch(symbols: np.ndarray, tables: np.ndarray, lanes: int | None = No
 
 def decode_batch(payloads: list[bytes], tables: np.ndarray, shape: tuple[int, int, int],
                  threads: int = 1) -> np.ndarray:
-    """N payloads of one shape -> (N, C, h, w) uint8. `threads` > 1 splits the batch over threads."""
-    from . import rans_kernels_cpu as kc
+    """N payloads of one shape -> (N, C, h, w) uint8. `threads` > 1 splits the batch over threads.
+    The decoder: rans_simd (the SIMD C extension, or numba without it; LATENTSTORE_RANS_ISA)."""
+    from . import rans_simd as dec
+    isa = dec.chosen_isa()
     C, h, w = _check_shape(shape)
     (_, (dtab, ftab)), L = _prepared(tables, C)
     data, offsets = pack_payloads(payloads)
@@ -265,11 +269,11 @@ def decode_batch(payloads: list[bytes], tables: np.ndarray, shape: tuple[int, in
     out = flat[:N * C * h * w].reshape(N, C, h, w)
     err = np.zeros((N, 2), dtype=np.int64)
     if threads <= 1 or N < 2:
-        kc.decode_range(data, offsets, dtab, ftab, L, C, h, w, flat, err, 0, N)
+        dec.decode_range(data, offsets, dtab, ftab, L, C, h, w, flat, err, 0, N, isa)
     else:
         bounds = np.linspace(0, N, min(threads, N) + 1).astype(np.int64)
         pool = _pool(threads)
-        jobs = [pool.submit(kc.decode_range, data, offsets, dtab, ftab, L, C, h, w, flat, err, int(a), int(b))
+        jobs = [pool.submit(dec.decode_range, data, offsets, dtab, ftab, L, C, h, w, flat, err, int(a), int(b), isa)
                 for a, b in zip(bounds[:-1], bounds[1:])]
         for j in jobs:
             j.result()

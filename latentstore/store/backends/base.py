@@ -76,6 +76,21 @@ class Backend:
 
     def __init__(self, root: str, schema: StoreSchema):
         self.root, self.schema = root, schema
+        self._blobs = None
+
+    @property
+    def loc(self):
+        """Where the store's files are (a local folder or an object-store prefix: store.remote)."""
+        from ..remote import location_for
+        return location_for(self.root)
+
+    @property
+    def blobs(self):
+        """A remote store's shard cache: whole shards, fetched in parallel, bounded (remote.blobs)."""
+        if self._blobs is None:
+            from ..remote.blobs import ShardCache
+            self._blobs = ShardCache(self.loc, self.schema.schema_sha256 or self.schema.inputs_sha256)
+        return self._blobs
 
     # ---- writing
     def create(self) -> None:

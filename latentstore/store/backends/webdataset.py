@@ -20,6 +20,7 @@ import numpy as np
 
 from ...atomic import write_bytes_atomic, write_json_atomic
 from ...errors import StoreError
+from ..remote.location import join
 from ..schema import StoreSchema, read_schema
 from .base import Backend, decode_bitstream
 
@@ -49,9 +50,35 @@ class WebDatasetBackend(Backend):
     def __init__(self, root: str, schema: StoreSchema):
         super().__init__(root, schema)
         self._index: dict | None = None
+        self._sizes: dict[str, int] = {}
 
     def tar_path(self, k: int) -> str:
-        return os.path.join(self.root, f"{self.schema.name}-{k:06d}.tar")
+        return join(self.root, f"{self.schema.name}-{k:06d}.tar")
+
+    # ---- file access: a local path, or an object read whole through the shard cache (one GET a shard)
+    def _size(self, tar: str) -> int:
+        if self.loc.local:
+            return os.path.getsize(tar)
+        if tar not in self._sizes:
+            size = self.loc.size(os.path.basename(tar))
+            if size is None:
+                raise StoreError(f"{tar}: shard object is missing; run latentstore verify")
+            self._sizes[tar] = size
+        return self._sizes[tar]
+
+    def _pread(self, tar: str, off: int, size: int) -> bytes:
+        if self.loc.local:
+            return pread(tar, off, size)
+        return self.blobs.read_range(os.path.basename(tar), off, size, self._sizes.get(tar))
+
+    def _held(self, tar: str):
+        import contextlib
+        return contextlib.nullcontext() if self.loc.local else self.blobs.pinned([os.path.basename(tar)])
+
+    def _open_tar(self, tar: str):
+        if self.loc.local:
+            return tarfile.open(tar, "r")
+        return tarfile.open(fileobj=io.BytesIO(self.blobs.get(os.path.basename(tar))), mode="r")
 
     # ---- writing
     def create(self) -> None:
@@ -88,16 +115,26 @@ class WebDatasetBackend(Backend):
     def shard_files(self) -> list[tuple[int, str]]:
         """(k, path) of the shard tars present, found on disk (a schema field never bounds this loop)."""
         out = []
-        for f in sorted(os.listdir(self.root)):
+        if self.loc.local:
+            names = sorted(os.listdir(self.root))
+        elif getattr(self.loc, "http", False):  # no listing over http(s): the tars the schema names
+            names = sorted(f for f in self.schema.checksums if f.endswith(".tar") and "/" not in f)
+        else:  # one listing gives every tar's size too (no HEAD per shard)
+            listed = self.loc.list()
+            names = sorted(f for f in listed if "/" not in f)
+            self._sizes.update({join(self.root, f): listed[f] for f in names})
+        for f in names:
             m = _TAR.match(f)
             if m and m.group("name") == self.schema.name and int(m.group("k")) < self.schema.num_shards:
-                out.append((int(m.group("k")), os.path.join(self.root, f)))
+                out.append((int(m.group("k")), join(self.root, f)))
+        if not self.loc.local:
+            self.blobs.fetch([os.path.basename(t) for _, t in out])  # in parallel, bounded
         return out
 
     def members(self, tar: str):
         """(slot, ext, offset, size) of each member, checked against the file's size and MEMBER_LIMITS."""
-        size = os.path.getsize(tar)
-        with tarfile.open(tar, "r") as tf:
+        size = self._size(tar)
+        with self._open_tar(tar) as tf:
             for m in tf:
                 key, _, ext = m.name.partition(".")
                 if ext not in MEMBER_LIMITS or not key[1:].isdigit() or key[0] != "s":
@@ -114,12 +151,13 @@ class WebDatasetBackend(Backend):
             idx: dict = {}
             for _, tar in self.shard_files():
                 try:
-                    for slot, ext, off, size in self.members(tar):
-                        e = idx.setdefault(slot, {"tar": tar, MASK: None})
-                        if ext == CLS:
-                            e["label"] = _int_label(pread(tar, off, size), tar, slot)
-                        else:
-                            e[ext] = (off, size)
+                    with self._held(tar):  # a remote tar read once for its whole index, whatever the cache's size
+                        for slot, ext, off, size in self.members(tar):
+                            e = idx.setdefault(slot, {"tar": tar, MASK: None})
+                            if ext == CLS:
+                                e["label"] = _int_label(self._pread(tar, off, size), tar, slot)
+                            else:
+                                e[ext] = (off, size)
                 except (tarfile.TarError, OSError) as e:
                     raise StoreError(f"{os.path.basename(tar)}: unreadable tar ({e}); run latentstore verify") from None
             bad = [s for s, e in idx.items() if LATENT not in e or "label" not in e]
@@ -136,10 +174,17 @@ class WebDatasetBackend(Backend):
 
     def _member(self, slot: int, ext: str) -> bytes:
         e = self.index[slot]
-        return pread(e["tar"], *e[ext])
+        return self._pread(e["tar"], *e[ext])
 
     def bitstream(self, slot: int) -> bytes:
         return self._member(slot, LATENT)
+
+    def symbols_batch(self, slots):
+        """A remote store's batch: its tars fetched at once (in parallel) and held while it is decoded."""
+        if self.loc.local:
+            return super().symbols_batch(slots)
+        with self.blobs.pinned(sorted({os.path.basename(self.index[int(s)]["tar"]) for s in slots})):
+            return super().symbols_batch(slots)
 
     def mask(self, slot: int) -> np.ndarray | None:
         if not self.schema.has_masks or self.index[slot][MASK] is None:
@@ -172,9 +217,9 @@ class WebDatasetBackend(Backend):
         """When a tar is damaged, name the samples in it that no longer decode; returns how many do."""
         n = 0
         for _, tar in self.shard_files():
-            size = os.path.getsize(tar)
             try:
-                with tarfile.open(tar, "r") as tf:
+                size = self._size(tar)
+                with self._open_tar(tar) as tf:
                     for m in tf:
                         if not m.name.endswith(f".{LATENT}"):
                             continue
@@ -182,11 +227,11 @@ class WebDatasetBackend(Backend):
                         if m.size > MEMBER_LIMITS[LATENT] or m.offset_data + m.size > size:
                             continue  # already reported by check()
                         try:
-                            decode_bitstream(self.schema, pread(tar, m.offset_data, m.size), where)
+                            decode_bitstream(self.schema, self._pread(tar, m.offset_data, m.size), where)
                             n += 1
                         except Exception as e:  # any failure to decode is a finding, with the sample named
                             errors.append(f"{where}: does not decode ({str(e).splitlines()[0][:160]})")
-            except (tarfile.TarError, OSError):
+            except (tarfile.TarError, OSError, StoreError):
                 pass
         return n
 

@@ -60,8 +60,10 @@ class ZarrBackend(Backend):
 
     @property
     def group(self):
-        if self._g is None:
-            self._g = zarr.open_group(self.root, mode="r")
+        if not self.loc.local:
+            self.loc.store  # noqa: B018  (refuses, in one line, a process forked after obstore was used)
+        if self._g is None:  # a remote store through zarr's own ObjectStore over obstore
+            self._g = zarr.open_group(self.root if self.loc.local else self.loc.zarr_store(), mode="r")
         return self._g
 
     # ---- writing
@@ -126,6 +128,8 @@ class ZarrBackend(Backend):
             if a.shape[0] != self.schema.num_slots:
                 raise ValueError(f"{a.shape[0]} rows, the schema says {self.schema.num_slots} slots")
             return a[:]
+        except StoreError:  # ours already (an object store's one-line errors)
+            raise
         except Exception as e:  # zarr raises many types for missing or damaged metadata and chunks
             raise StoreError(f"{self.root}: array {name}/ is unreadable ({_first_line(e)}); run latentstore verify") from None
 

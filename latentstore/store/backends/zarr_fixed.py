@@ -110,7 +110,8 @@ class ZarrFixedBackend(ZarrBackend):
     @cached_property
     def shard_reader(self):
         from .zarr_shards import ShardReader
-        return ShardReader.for_store(self.root, lambda coder: schema_tables(self.schema, coder))
+        return ShardReader.for_store(self.root, lambda coder: schema_tables(self.schema, coder),
+                                     None if self.loc.local else self.blobs)
 
     def symbols(self, slot: int, checked: bool = False) -> np.ndarray:
         fast = None if checked else self.shard_reader

@@ -63,12 +63,16 @@ class ShardReader:
         self._sizes: dict[int, int] = {}
 
     @classmethod
-    def for_store(cls, root: str, tables_for) -> "ShardReader | None":
-        """`tables_for(coder_id)` gives the store's tables for the array's coder."""
-        d = os.path.join(root, "latents")
+    def for_store(cls, root: str, tables_for, blobs=None) -> "ShardReader | None":
+        """`tables_for(coder_id)` gives the store's tables for the array's coder. `blobs`: a remote store's
+        shard cache (remote.blobs.ShardCache): shards are then read whole from it (RemoteShardReader)."""
+        d = os.path.join(root, "latents") if blobs is None else "latents"
         try:
-            with open(os.path.join(d, "zarr.json")) as f:
-                meta = json.load(f)
+            if blobs is None:
+                with open(os.path.join(d, "zarr.json")) as f:
+                    meta = json.load(f)
+            else:
+                meta = json.loads(blobs.loc.read("latents/zarr.json"))
             (shard,) = meta["codecs"]
             cfg = shard["configuration"]
             inner = [c["name"] for c in cfg["codecs"]]
@@ -82,6 +86,8 @@ class ShardReader:
                 return None
             S = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
             sep = enc.get("configuration", {}).get("separator", "/")
+            if blobs is not None:
+                return RemoteShardReader(d, S, tuple(cfg["chunk_shape"]), inner[0], tables_for(inner[0]), sep, blobs)
             return cls(d, S, tuple(cfg["chunk_shape"]), inner[0], tables_for(inner[0]), sep)
         except (OSError, KeyError, ValueError, TypeError):
             return None
@@ -161,3 +167,61 @@ class ShardReader:
                 os.close(fd)
             except OSError:
                 pass
+
+
+class RemoteShardReader(ShardReader):
+    """The same reads from an object store: each shard fetched whole (one GET) into the shard cache, the
+    shards a batch needs fetched in parallel, then sliced as the local reader slices its file."""
+
+    def __init__(self, array_dir, shard_rows, chunk_shape, coder, tables, key_sep, blobs):
+        super().__init__(array_dir, shard_rows, chunk_shape, coder, tables, key_sep)
+        self.blobs = blobs
+        self._absent: set[int] = set()  # shards with no object: every row empty (zarr writes no file)
+        self._paths: dict[int, str] = {}
+
+    def shard_path(self, k: int) -> str:
+        path = self._paths.get(k)
+        if path is None:  # asked once per sample on the hot path: built once per shard
+            ndim = len(self.chunk_shape)
+            path = self._paths[k] = self.dir + "/c" + self.sep + self.sep.join([str(k)] + ["0"] * (ndim - 1))
+        return path
+
+    def _shard(self, k: int) -> bytes | None:
+        if k in self._absent:
+            return None
+        try:
+            return self.blobs.get(self.shard_path(k))
+        except FileNotFoundError:
+            self._absent.add(k)
+            return None
+
+    def _fd_index(self, k: int):
+        if k not in self._index:
+            data = self._shard(k)
+            n = self.S * 16 + 4
+            self._index[k] = None if data is None or len(data) < n else \
+                np.frombuffer(data[-n:-4], dtype="<u8").reshape(self.S, 2)
+            if data is not None:
+                self._sizes[k] = len(data)
+        return None, self._index[k]
+
+    def payload(self, slot: int) -> bytes | None:
+        k, j = divmod(slot, self.S)
+        _, index = self._fd_index(k)
+        if index is None or index[j, 0] == EMPTY:
+            return None
+        off, nbytes = int(index[j, 0]), int(index[j, 1])
+        if off + nbytes > self._sizes[k] or nbytes < INNER_CRC + 1:
+            raise ValueError(f"shard {k}: index entry {j} points outside the file (damaged; run latentstore verify)")
+        return self._shard(k)[off: off + nbytes - INNER_CRC]
+
+    def read_batch(self, slots) -> np.ndarray:
+        """The batch's shards fetched at once (in parallel) and held while its samples are sliced out."""
+        shards = {int(s) // self.S for s in slots} - self._absent
+        with self.blobs.pinned([self.shard_path(k) for k in sorted(shards)]):
+            return super().read_batch(slots)
+
+    def __getstate__(self):
+        d = super().__getstate__()
+        d["_absent"] = set()
+        return d

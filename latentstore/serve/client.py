@@ -1,0 +1,273 @@
+"""The service's client: send a folder (or a list file) of images to `latentstore serve`, N uploads at a time.
+
+Each file is one `POST /v1/images` with its raw bytes and Content-Type. A 503 (a full queue) or a lost
+connection is retried with exponential backoff and jitter, never sooner than the server's Retry-After, a bounded
+number of times; any other 4xx is the server rejecting that file (recorded with its reason, the rest go on);
+401/403 stop the run with one line, since every other file would get the same answer. The server answers only
+once an upload is durable, so "uploaded" here means stored. The same bytes twice are stored once, and the
+answer says so: uploading a folder again reports every file as already stored.
+"""
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import itertools
+import os
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..data.imageio import IMAGE_EXTENSIONS, MAX_FILE_BYTES, read_bounded
+from ..errors import BadImageError, LatentstoreError, UsageError
+
+CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+                 ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff",
+                 ".ppm": "image/x-portable-pixmap", ".pgm": "image/x-portable-graymap"}
+RETRY_STATUSES = (429, 503)  # "come back later": the queue is full or the server is not ready yet
+MAX_RETRY_AFTER_S = 60.0  # a Retry-After longer than this is capped, so a run stays bounded in time
+
+
+@dataclass
+class UploadOptions:
+    url: str  # the service's base URL, e.g. http://127.0.0.1:8000
+    token: str | None = None  # bearer token (scope `write`) when the server runs with --token-file
+    concurrency: int = 8  # uploads in flight at once; also the size of the connection pool
+    retries: int = 6  # retries of one file after a 503 or a lost connection before it counts as failed
+    backoff_s: float = 0.25  # the first retry's wait; doubled per retry (with jitter), capped at max_backoff_s
+    max_backoff_s: float = 8.0  # the longest wait between two tries of one file (unless Retry-After asks more)
+    timeout_s: float = 120.0  # one request's connect/read/write limit
+    progress: bool = True  # a tqdm bar on stderr
+    seed: int | None = None  # the backoff jitter's seed (None: random)
+
+
+@dataclass
+class FileResult:
+    path: str
+    outcome: str  # uploaded | duplicate | rejected | failed
+    status: int | None = None  # the final HTTP status (None: no answer)
+    reason: str = ""  # the server's {"error"} for a reject, or why it failed
+    id: str | None = None
+    sha256: str | None = None
+    tries: int = 0
+
+
+@dataclass
+class UploadSummary:
+    results: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+    bytes_sent: int = 0
+
+    def count(self, outcome: str) -> int:
+        return sum(r.outcome == outcome for r in self.results)
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed")
+
+    def describe(self, examples: int = 3) -> str:
+        n = len(self.results)
+        lines = [f"{n} files in {self.seconds:.1f} s ({n / max(self.seconds, 1e-9):.1f} files/s, "
+                 f"{self.bytes_sent / 1e6:.1f} MB sent): uploaded {self.count('uploaded')}, "
+                 f"already stored {self.count('duplicate')} (dedup), rejected {self.count('rejected')}, "
+                 f"failed {self.failed}"]
+        for outcome in ("rejected", "failed"):
+            rs = [r for r in self.results if r.outcome == outcome]
+            for status, k in sorted(Counter(r.status or 0 for r in rs).items()):
+                some = [r for r in rs if (r.status or 0) == status]
+                what = f"HTTP {status}" if status else "no answer"
+                lines.append(f"  {outcome} ({what}): {k}")
+                lines += [f"    {os.path.basename(r.path)}: {r.reason}" for r in some[:examples]]
+                if k > examples:
+                    lines.append(f"    ... and {k - examples} more")
+        return "\n".join(lines)
+
+
+class _Stop(Exception):
+    """An answer that every other upload would get as well (401/403): end the run."""
+
+
+def list_upload_sources(src: str) -> list[tuple[str, str | None]]:
+    """(path, label) for every image under a folder (recursive, sorted, no labels), or of a list file
+    (`path [label]` per line, relative paths from the list file's folder)."""
+    if not os.path.exists(src):
+        raise UsageError(f"{src}: no such file or directory")
+    if os.path.isdir(src):
+        out = []
+        for root, dirs, files in os.walk(src):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            out += [(os.path.join(root, f), None) for f in sorted(files)
+                    if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+        if not out:
+            raise UsageError(f"{src}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
+        return out
+    base = os.path.dirname(os.path.abspath(src))
+    try:
+        with open(src) as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"{src}: not a list file (expected text lines `path [label]`)") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split("\t") if "\t" in line else line.split()
+        if len(parts) > 2:
+            raise UsageError(f"{src}:{n}: expected `path [label]`, got {len(parts)} fields")
+        out.append((parts[0] if os.path.isabs(parts[0]) else os.path.join(base, parts[0]),
+                    parts[1] if len(parts) > 1 else None))
+    if not out:
+        raise UsageError(f"{src}: list file names no images")
+    return out
+
+
+def check_url(url: str) -> str:
+    """The base URL without a trailing slash; UsageError for anything but http(s)://host[:port]."""
+    import httpx
+    try:
+        u = httpx.URL(url)
+    except Exception as e:  # httpx.InvalidURL and friends
+        raise UsageError(f"--url {url}: not a URL ({e})") from None
+    if u.scheme not in ("http", "https") or not u.host:
+        raise UsageError(f"--url {url}: expected http://HOST:PORT")
+    return url.rstrip("/")
+
+
+def retry_after_s(value: str | None) -> float:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); 0 when absent or unreadable."""
+    if not value:
+        return 0.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return 0.0
+
+
+def is_duplicate(body: dict) -> bool:
+    """Whether a 200 says the bytes were stored before (dedup): the service answers `"duplicate": true`."""
+    return bool(body.get("duplicate", False))
+
+
+def _error_text(resp) -> str:
+    """The server's one-line {"error"}, else the start of whatever it sent, else the status's phrase."""
+    try:
+        msg = resp.json().get("error")
+    except (ValueError, AttributeError):  # not JSON, or JSON that is not an object
+        msg = None
+    text = str(msg or resp.text[:200] or resp.reason_phrase).strip()
+    return text.splitlines()[0] if text else f"HTTP {resp.status_code}"
+
+
+def _upload_one(client, opts: UploadOptions, path: str, label: str | None, rng: random.Random,
+                sent: list) -> FileResult:
+    import httpx
+    try:
+        data = read_bounded(path, MAX_FILE_BYTES)
+    except BadImageError as e:
+        return FileResult(path, "failed", None, str(e))
+    sha = hashlib.sha256(data).hexdigest()
+    headers = {"Content-Type": CONTENT_TYPES.get(os.path.splitext(path)[1].lower(), "application/octet-stream")}
+    if opts.token:
+        headers["Authorization"] = f"Bearer {opts.token}"
+    params = {"label": label} if label is not None else None
+    last = ""
+    for attempt in itertools.count():
+        wait = min(opts.max_backoff_s, opts.backoff_s * 2 ** attempt) * rng.uniform(0.5, 1.0)
+        try:
+            resp = client.post(f"{opts.url}/v1/images", content=data, headers=headers, params=params)
+        except httpx.TransportError as e:  # refused, reset, timed out: the server may be restarting
+            status, last = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no answer'}"
+        else:
+            with sent[1]:
+                sent[0] += len(data)
+            status = resp.status_code
+            if 200 <= status < 300:
+                try:
+                    body = resp.json()
+                    ok = isinstance(body, dict) and body.get("sha256") == sha and body.get("id")
+                except ValueError:
+                    body, ok = {}, False
+                if not ok:  # what was stored is not what was sent, or the answer is not the service's
+                    return FileResult(path, "failed", status, f"answer without this file's sha256 {sha[:16]}...: "
+                                      f"{resp.text[:120]!r}", None, sha, attempt + 1)
+                outcome = "duplicate" if is_duplicate(body) else "uploaded"
+                return FileResult(path, outcome, status, "", body["id"], sha, attempt + 1)
+            last = _error_text(resp)
+            if status in (401, 403):
+                raise _Stop(f"{opts.url} answered {status} ({last}): "
+                            + ("pass a token with --token" if status == 401 and not opts.token else
+                               "the token is not accepted for uploads" if status == 401 else
+                               "the token lacks the `write` scope"))
+            if status not in RETRY_STATUSES:
+                outcome = "rejected" if 400 <= status < 500 else "failed"
+                return FileResult(path, outcome, status, last, None, sha, attempt + 1)
+            wait = max(wait, min(MAX_RETRY_AFTER_S, retry_after_s(resp.headers.get("retry-after"))))
+        if attempt >= opts.retries:
+            return FileResult(path, "failed", status, f"{last} (after {attempt + 1} tries)", None, sha, attempt + 1)
+        time.sleep(wait)
+
+
+def _check_reachable(client, url: str) -> None:
+    import httpx
+    try:
+        client.get(f"{url}/healthz")
+    except httpx.TransportError as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LatentstoreError(f"cannot reach {url}: {why}") from None
+
+
+def upload(src: str, opts: UploadOptions) -> UploadSummary:
+    """Upload every image of SRC (a folder or a list file); the summary of what happened to each."""
+    import httpx
+    from tqdm import tqdm
+    if opts.concurrency < 1 or opts.retries < 0:
+        raise UsageError("--concurrency must be >= 1 and --retries >= 0")
+    opts.url = check_url(opts.url)
+    items = list_upload_sources(src)
+    lock, stop = threading.Lock(), threading.Event()
+    summary, sent = UploadSummary(), [0, threading.Lock()]
+    todo, stopped = iter(items), []
+    limits = httpx.Limits(max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency)
+    seeds = random.Random(opts.seed)
+    t0 = time.perf_counter()
+    with httpx.Client(limits=limits, timeout=opts.timeout_s) as client:
+        _check_reachable(client, opts.url)
+        bar = tqdm(total=len(items), unit="img", disable=not opts.progress, desc="upload", dynamic_ncols=True)
+
+        def worker(rng: random.Random) -> None:
+            while not stop.is_set():
+                with lock:
+                    nxt = next(todo, None)
+                if nxt is None:
+                    return
+                try:
+                    r = _upload_one(client, opts, nxt[0], nxt[1], rng, sent)
+                except _Stop as e:
+                    stopped.append(str(e))
+                    stop.set()
+                    return
+                with lock:
+                    summary.results.append(r)
+                    bar.update(1)
+                    bar.set_postfix(new=summary.count("uploaded"), dedup=summary.count("duplicate"),
+                                    rejected=summary.count("rejected"), failed=summary.failed, refresh=False)
+
+        with bar, ThreadPoolExecutor(opts.concurrency, thread_name_prefix="upload") as pool:
+            try:
+                for f in [pool.submit(worker, random.Random(seeds.random())) for _ in range(opts.concurrency)]:
+                    f.result()
+            except BaseException:  # Ctrl-C: the workers finish the file in hand and take no other
+                stop.set()
+                raise
+    if stopped:
+        raise LatentstoreError(stopped[0])
+    order = {p: i for i, (p, _) in enumerate(items)}
+    summary.results.sort(key=lambda r: order[r.path])
+    summary.seconds, summary.bytes_sent = time.perf_counter() - t0, sent[0]
+    return summary

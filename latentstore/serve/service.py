@@ -1,0 +1,345 @@
+"""The ingest service without HTTP: the engine, the batcher, the intake log, the sealer and the index of one
+serving process, started and drained together.
+
+An upload: sha256 of its bytes (a known one is answered from the index, stored once) -> decode and fit to
+the store's size (thread pool) -> `batcher.submit` -> encode + classify in a micro-batch -> the batch's
+records appended to the intake log and fsynced (one fsync per batch) -> answered. The sealer (in the one
+process holding `_locks/serve-sealer.lock`) moves records into store shards in the background.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from ..store.lock import LOCK_DIR
+from .batcher import BatcherConfig, DynamicBatcher, Draining, QueueFull
+from .config import ServeConfig
+from .engine import IngestEngine
+from .index import SearchIndex
+from .metrics import ServeMetrics
+from .sealer import Sealer
+from .uploads import Rejected, screen_and_decode
+from .wal import IntakeLog, WalRecord, live_segments
+
+log = logging.getLogger("latentstore.serve")
+STATE_DIR = "_serve"  # inside the store: intake, journal, index.sqlite
+SEALER_LOCK = "serve-sealer.lock"  # in the store's _locks/: held (flock) by the one sealing process
+
+
+def image_id(sha: str) -> str:
+    return sha[:32]  # stable: the same bytes always get the same id
+
+
+@dataclass
+class _Job:
+    rgb: object  # (S, S, 3) uint8
+    meta: dict  # what the record will carry, filled in by the batch
+
+
+class IngestService:
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.metrics = ServeMetrics(cfg.max_batch)
+        self.ready = False
+        self.engine: IngestEngine | None = None
+        self.sealer: Sealer | None = None
+        self.index: SearchIndex | None = None
+        self._pending: dict[str, dict] = {}  # sha256 -> meta of an accepted upload not yet in the index
+        self._blobs: dict[str, list] = {}  # sha256 -> [symbols, payload] of those
+        self._by_id: dict[str, str] = {}
+        self._by_key: dict[str, str] = {}
+        self._plock = threading.Lock()
+        self._stop, self._wake = threading.Event(), threading.Event()
+        self._bg: threading.Thread | None = None
+        self._lock_f = None
+        self.pool = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
+        # admission: every upload past the cheap checks counts from before its hash/decode until its answer, so
+        # uploads waiting for the decode pool are bounded too (else the backlog hides in front of the queue)
+        self.admit_limit = cfg.queue + cfg.max_batch  # --queue waiting + one batch running
+        self._in_flight = 0
+        self._admit_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        cfg = self.cfg
+        self.engine = IngestEngine(cfg.codec, cfg.classifier, cfg.device)
+        from ..store.append import init_record
+        if os.path.exists(os.path.join(cfg.store, "_parts", "INIT.json")):
+            self.engine.bind(init_record(cfg.store))  # the codec and layout checked before anything is written
+        elif os.path.isdir(cfg.store) and set(os.listdir(cfg.store)) - {LOCK_DIR}:
+            raise UsageError(f"{cfg.store} exists and is not a latentstore store (no _parts/INIT.json); "
+                             "give a new STORE, or an existing store")
+        os.makedirs(os.path.join(cfg.store, LOCK_DIR), exist_ok=True)
+        self._try_become_sealer()
+        if self.sealer is None:  # another worker seals: wait for it to have created the store
+            self._wait_for_store()
+        self.engine.bind(self.sealer.writer.schema if self.sealer else init_record(cfg.store))
+        state = os.path.join(cfg.store, STATE_DIR)
+        self.index = self.index or SearchIndex(os.path.join(state, "index.sqlite"))
+        owner = f"{int(time.time() * 1000):013d}-{os.getpid()}"
+        self.intake = IntakeLog(os.path.join(state, "intake"), owner)
+        import numpy as np
+        self.engine.run([np.zeros((self.engine.side, self.engine.side, 3), np.uint8)])  # warm up
+        self.batcher = DynamicBatcher(self._run_batch, BatcherConfig(cfg.max_batch, cfg.max_delay_ms, cfg.queue),
+                                      on_batch=self.metrics.on_batch)
+        self._bg = threading.Thread(target=self._background, name="sealer", daemon=True)
+        self._bg.start()
+        self.ready = True
+
+    def _try_become_sealer(self) -> bool:
+        path = os.path.join(self.cfg.store, LOCK_DIR, SEALER_LOCK)
+        f = open(path, "a")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return False
+        self._lock_f = f
+        state = os.path.join(self.cfg.store, STATE_DIR)
+        sealer = Sealer(self.cfg.store, self.engine.codec_file,
+                        lambda: self.engine.new_schema(self.cfg.size, self.cfg.shard_size, "uploads"),
+                        state, None, on_sealed=self._on_sealed, metrics=self.metrics)
+        try:
+            sealer.open()
+        except BaseException:
+            self._lock_f.close()
+            self._lock_f = None
+            raise
+        self.index = self.index or SearchIndex(os.path.join(state, "index.sqlite"))
+        sealer.index = self.index
+        sealer.recover()
+        sealer.seal_once()  # what a killed run left in its intake: stored and searchable before we are ready
+        self.sealer = sealer
+        return True
+
+    def _wait_for_store(self, timeout_s: float = 300.0) -> None:
+        t0 = time.time()
+        while not os.path.exists(os.path.join(self.cfg.store, STATE_DIR, "journal")):
+            if time.time() - t0 > timeout_s:
+                raise UsageError(f"{self.cfg.store}: no sealer created the store within {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def _background(self) -> None:
+        """Rotate this process's intake and seal (sealer) or offer to take over sealing (other workers)."""
+        while not self._stop.is_set():
+            self._wake.wait(self.cfg.seal_interval_s)
+            self._wake.clear()
+            try:
+                self.intake.rotate()
+                if self.sealer is None:
+                    self._try_become_sealer()
+                if self.sealer is not None:
+                    self.sealer.seal_once()
+                    self.sealer.last_error = None
+                else:
+                    self._prune_pending()
+            except Exception as e:  # the intake keeps the uploads: the next round retries
+                if self.sealer is not None:
+                    self.sealer.last_error = f"{type(e).__name__}: {e}"
+                log.exception("seal failed (will retry)")
+
+    def stop(self) -> None:
+        """Drain: refuse new uploads, finish the queued ones, seal everything, release the store."""
+        self.ready = False
+        if getattr(self, "batcher", None) is not None:
+            self.batcher.drain()
+        self._stop.set()
+        self._wake.set()
+        if self._bg is not None:
+            self._bg.join(60)
+        if getattr(self, "intake", None) is not None:
+            self.intake.close()
+        if self.sealer is not None:
+            t0 = time.time()  # other workers stopping too: wait (bounded) for their last segments to close
+            while live_segments(self.sealer.intake_dir) and time.time() - t0 < self.cfg.drain_wait_s:
+                time.sleep(0.1)
+            self.sealer.seal_once()
+            self.sealer.close()
+        if self._lock_f is not None:
+            self._lock_f.close()
+        self.pool.shutdown(wait=False)
+
+    # ------------------------------------------------------------------------------ lookups
+    def lookup(self, image_id_: str) -> dict | None:
+        with self._plock:
+            sha = self._by_id.get(image_id_)
+            if sha is not None:
+                return {**self._pending[sha], "sealed": False}
+        m = self.index.get(image_id_)
+        return {**m, "sealed": True} if m else None
+
+    def _known(self, sha: str, key: str | None) -> dict | None:
+        with self._plock:
+            s = self._by_key.get(key) if key else None
+            s = s or (sha if sha in self._pending else None)
+            if s is not None:
+                return dict(self._pending[s])
+        m = (self.index.by_key(key) if key else None) or self.index.get(image_id(sha))
+        return m
+
+    def blobs(self, meta: dict) -> tuple:
+        """(symbols (C, h, w) uint8, payload bytes) of an upload, from memory or the store."""
+        import numpy as np
+        with self._plock:
+            b = self._blobs.get(meta["sha256"])
+        if b is not None:
+            return np.frombuffer(b[0], np.uint8).reshape(meta["latent_shape"]).copy(), b[1]
+        from ..store.backends import schema_tables
+        from ..store.backends.zarr_shards import ShardReader
+        from ..store.schema import read_schema
+        schema = read_schema(self.cfg.store)
+        reader = ShardReader.for_store(self.cfg.store, lambda c: schema_tables(schema, c))
+        slot = int(meta["slot"])
+        return reader.read(slot), reader.payload(slot)
+
+    def search(self, label: str, min_score: float, limit: int) -> list[dict]:
+        hits = self.index.search(label, min_score, limit)
+        seen = {h["id"] for h in hits}
+        with self._plock:
+            for m in self._pending.values():
+                for p in m.get("predictions", []):
+                    if p["label"] == label and p["score"] >= min_score and m["id"] not in seen:
+                        hits.append({"id": m["id"], "label": label, "score": p["score"]})
+        hits.sort(key=lambda h: (-h["score"], h["id"]))
+        return hits[:limit]
+
+    # ------------------------------------------------------------------------------ uploads
+    def _admit(self) -> None:
+        with self._admit_lock:
+            if self._in_flight >= self.admit_limit:
+                n = self._in_flight
+            else:
+                self._in_flight += 1
+                n = None
+        if n is not None:
+            raise Rejected(503, f"busy: {n} uploads in flight (limit {self.admit_limit}); retry later", "queue_full",
+                           {"Retry-After": "1"})
+        self.metrics.in_flight.inc()
+
+    def _release(self, *_ignored) -> None:
+        with self._admit_lock:
+            self._in_flight -= 1
+        self.metrics.in_flight.dec()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def upload(self, data: bytes, label: str | None, key: str | None, t_start: float) -> dict:
+        """Admitted at once or 503 (before any hashing or decoding); the slot is held until the answer, or,
+        when the client leaves mid-batch, until its batch finishes."""
+        if not self.ready:
+            raise Rejected(503, "not ready", "not_ready", {"Retry-After": "1"})
+        self._admit()
+        held = [None]  # the batch future once submitted: the slot is released when it is done
+        try:
+            return await self._upload(data, label, key, t_start, held)
+        finally:
+            fut = held[0]
+            if fut is not None and not fut.done():
+                fut.add_done_callback(self._release)
+            else:
+                self._release()
+
+    async def _upload(self, data: bytes, label, key, t_start: float, held: list) -> dict:
+        loop = asyncio.get_running_loop()
+        sha = await loop.run_in_executor(self.pool, lambda: hashlib.sha256(data).hexdigest())
+        known = self._known(sha, key)
+        if known is not None:
+            self.metrics.uploads.labels("duplicate").inc()
+            return {**known, "duplicate": True, "timings_ms": {"total": round((time.perf_counter() - t_start) * 1e3, 2)}}
+        t0 = time.perf_counter()
+        rgb = await loop.run_in_executor(self.pool, self._decode, data)
+        t1 = time.perf_counter()
+        meta = {"id": image_id(sha), "sha256": sha, "label": label, "key": key, "size": list(rgb[1]),
+                "shape": list(rgb[1]), "source_bytes": len(data), "created": time.time()}
+        try:
+            fut = self.batcher.submit(_Job(rgb[0], meta))
+        except QueueFull as e:
+            raise Rejected(503, f"busy: {e}; retry later", "queue_full", {"Retry-After": "1"}) from None
+        except Draining:
+            raise Rejected(503, "shutting down", "draining", {"Retry-After": "5"}) from None
+        held[0] = fut
+        self.metrics.queue_depth.set(self.batcher.depth)
+        out = await asyncio.shield(asyncio.wrap_future(fut))  # a client that leaves does not cancel its batch
+        t2 = time.perf_counter()
+        return {**out, "duplicate": out.get("duplicate", False), "worker": os.getpid(),
+                "timings_ms": {"decode": round((t1 - t0) * 1e3, 2), "queue_and_compute": round((t2 - t1) * 1e3, 2),
+                               **out.get("timings_ms", {}), "total": round((t2 - t_start) * 1e3, 2)}}
+
+    def _decode(self, data: bytes):
+        rgb = screen_and_decode(data, self.cfg.max_pixels)
+        return self.engine.prepare(rgb), rgb.shape[:2]
+
+    def _run_batch(self, jobs: list[_Job]) -> list:
+        """The batcher's thread: encode + classify the batch, then append its records durably (one fsync)."""
+        t0 = time.perf_counter()
+        encoded = self.engine.run([j.rgb for j in jobs])
+        t1 = time.perf_counter()
+        self.metrics.compute_seconds.observe(t1 - t0)
+        side = self.engine.side
+        records, outs, fresh = [], [], {}
+        with self._plock:
+            for j, e in zip(jobs, encoded):
+                m = j.meta
+                dup = fresh.get(m["sha256"]) or self._pending.get(m["sha256"])
+                if dup is not None:  # the same bytes twice in flight: stored once
+                    outs.append({**dup, "duplicate": True})
+                    continue
+                m.update({"bytes": e.bitstream_bytes, "bpp": round(8 * e.bitstream_bytes / (side * side), 4),
+                          "latent_shape": list(e.symbols.shape), "stored_size": [side, side],
+                          "predictions": e.predictions})
+                fresh[m["sha256"]] = m
+                records.append(WalRecord(m, [e.symbols.tobytes(), e.payload]))
+                outs.append(m)
+        try:
+            self.intake.append(records)
+        except OSError as ex:
+            return [Rejected(507, f"cannot write the log ({ex.strerror or ex})", "log_write")] * len(jobs)
+        t2 = time.perf_counter()
+        self.metrics.wal_seconds.observe(t2 - t1)
+        with self._plock:
+            for r in records:
+                sha = r.meta["sha256"]
+                self._pending[sha], self._blobs[sha] = r.meta, r.blobs
+                self._by_id[r.meta["id"]] = sha
+                if r.meta.get("key"):
+                    self._by_key[r.meta["key"]] = sha
+        for r in records:
+            self.metrics.bytes_stored.inc(r.meta["bytes"])
+        self.metrics.uploads.labels("stored").inc(len(records))
+        if self.intake.pending >= self.cfg.seal_batch:
+            self._wake.set()
+        timing = {"compute": round((t1 - t0) * 1e3, 2), "wal_fsync": round((t2 - t1) * 1e3, 2), "batch": len(jobs)}
+        return [{**o, "timings_ms": timing} for o in outs]
+
+    # ------------------------------------------------------------------------------ after a seal
+    def _on_sealed(self, metas: list[dict]) -> None:
+        with self._plock:
+            for m in metas:
+                self._forget(m["sha256"])
+
+    def _forget(self, sha: str) -> None:
+        m = self._pending.pop(sha, None)
+        self._blobs.pop(sha, None)
+        if m is not None:
+            self._by_id.pop(m["id"], None)
+            if m.get("key"):
+                self._by_key.pop(m["key"], None)
+
+    def _prune_pending(self) -> None:
+        """Another process seals: drop what the index now has."""
+        with self._plock:
+            shas = list(self._pending)
+        done = [s for s in shas if self.index.has_sha(s)]
+        with self._plock:
+            for s in done:
+                self._forget(s)
