@@ -592,7 +592,8 @@ def ceiling_lines(rows: list[dict], e: dict) -> list[str]:
             f"(b) {b32['rps']} req/s, {b32['rps'] / one:.0%} of its batch-1 ceiling. 2x (b) would be {need:.1f} "
             f"req/s, **{need / top:.2f}x the model-only ceiling**"
             + (": the model's cost per image is nearly linear in the batch on this CPU, so no batching policy "
-               "reaches 2x here" if need > top else ": within the model's reach")]
+               "reaches 2x here" if need > top else ": reachable only if HTTP, decoding and the log, which share "
+               "these cores with the model, cost nothing")]
 
 
 def run_durability(a) -> dict:

@@ -155,3 +155,15 @@ def test_fit_batches_are_the_main_runs_batches():
                 for b0 in range(k0, min(k0 + 256, 10_000), 32)}
     assert all(tuple(b) in main_run for b in big)
     assert len({b[0] // 256 for b in big}) > 8  # spread over the store, not its first shards
+
+
+def test_convert_cli_precision_is_recorded_and_kept_on_resume(tree, tmp_path, codec_path):
+    """`latentstore convert --precision fp32` records fp32; resuming that store with --precision bf16 is exit 2."""
+    dst = str(tmp_path / "cli.zarr")
+    base = ["convert", tree, dst, "--codec", codec_path, "--size", "32", "--shard-size", "4", "--quiet"]
+    r = CliRunner().invoke(main, base + ["--precision", "fp32"])
+    assert r.exit_code == 0, r.output
+    assert open_store(dst).schema.policy["encoder"]["dtype"] == "fp32"
+    r = CliRunner().invoke(main, base + ["--resume", "--precision", "bf16"])
+    assert r.exit_code == 2 and "encoded in fp32" in r.output, r.output
+    assert CliRunner().invoke(main, base[:-1] + ["--precision", "fp16"]).exit_code == 2

@@ -8,6 +8,7 @@ import click
 
 from ..errors import LatentstoreError, UsageError
 from . import main
+from .codec_cmds import _PRECISION_HELP
 from .common import friendly
 
 
@@ -31,10 +32,12 @@ from .common import friendly
                    "in ImageSets/Segmentation/), its masks stored beside the latents")
 @click.option("--bitstream", type=click.Choice(["v1", "v2"]), default="v2", show_default=True,
               help="v2: interleaved rANS with context tables fitted to this store; v1: per-channel ANS")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None,
+              help=_PRECISION_HELP + "; a resumed store keeps the arithmetic it records")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @friendly
 def convert(src, dst, codec, fmt, size, native, device, batch_size, shard_size, resume, num_shards, shard_id,
-            max_file_mb, split, bitstream, quiet):
+            max_file_mb, split, bitstream, precision, quiet):
     """Convert an image dataset SRC into a latent store DST."""
     from ..codec.zoo import DEFAULT_CODEC
     from ..convert.pipeline import ConvertOptions, convert as _convert
@@ -50,7 +53,8 @@ def convert(src, dst, codec, fmt, size, native, device, batch_size, shard_size, 
         raise UsageError(f"--shard-size must be <= {MAX_SHARD_SIZE}")
     opts = ConvertOptions(codec=codec or DEFAULT_CODEC, fmt=fmt, size=None if native else size, device=device,
                           batch_size=batch_size, shard_size=shard_size, resume=resume, num_shards=num_shards,
-                          shard_id=shard_id, max_file_mb=max_file_mb, bitstream=bitstream, progress=not quiet)
+                          shard_id=shard_id, max_file_mb=max_file_mb, bitstream=bitstream, precision=precision,
+                          progress=not quiet)
     click.echo(_convert(src, dst, opts).describe())
 
 

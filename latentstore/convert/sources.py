@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ..data.imageio import IMAGE_EXTENSIONS, MAX_FILE_BYTES, read_bounded
 from ..data.voc import SPLIT_DIR, is_voc_root, list_voc, resolve_voc_root, voc_class_names
 from ..errors import BadImageError, UsageError
+from ..listfile import read_list_file
 from ..store.remote.location import is_remote
 
 MAX_LABEL_MEMBER = 1024  # a .cls member is a class name, not a payload
@@ -159,27 +160,7 @@ def _label_map(raw: list[str]) -> tuple[list[str], dict[str, int]]:
 
 
 def _list_file(path: str) -> InputListing:
-    base = os.path.dirname(os.path.abspath(path))
-    rows = []
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not a list file (expected text lines `path [label [mask]]`)") from None
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split("\t") if "\t" in line else line.split()
-        if len(parts) > 3:
-            raise UsageError(f"{path}:{n}: expected `path [label [mask]]`, got {len(parts)} fields")
-        p = parts[0] if os.path.isabs(parts[0]) else os.path.join(base, parts[0])
-        mask = None
-        if len(parts) == 3:
-            mask = parts[2] if os.path.isabs(parts[2]) else os.path.join(base, parts[2])
-        rows.append((p, parts[1] if len(parts) > 1 else None, mask))
-    if not rows:
-        raise UsageError(f"{path}: list file names no images")
+    rows = read_list_file(path, ("path", "label", "mask"))
     names, lab = _label_map([r[1] for r in rows if r[1] is not None])
     items = [InputItem(p, lab[l] if l is not None else -1, m) for p, l, m in rows]
     return InputListing(items, names, [], "list")

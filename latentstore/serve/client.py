@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ..data.imageio import IMAGE_EXTENSIONS, MAX_FILE_BYTES, read_bounded
 from ..errors import BadImageError, LatentstoreError, UsageError
+from ..listfile import read_list_file
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                  ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff",
@@ -103,25 +104,7 @@ def list_upload_sources(src: str) -> list[tuple[str, str | None]]:
         if not out:
             raise UsageError(f"{src}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
         return out
-    base = os.path.dirname(os.path.abspath(src))
-    try:
-        with open(src) as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError:
-        raise UsageError(f"{src}: not a list file (expected text lines `path [label]`)") from None
-    out = []
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split("\t") if "\t" in line else line.split()
-        if len(parts) > 2:
-            raise UsageError(f"{src}:{n}: expected `path [label]`, got {len(parts)} fields")
-        out.append((parts[0] if os.path.isabs(parts[0]) else os.path.join(base, parts[0]),
-                    parts[1] if len(parts) > 1 else None))
-    if not out:
-        raise UsageError(f"{src}: list file names no images")
-    return out
+    return [(p, label) for p, label in read_list_file(src, ("path", "label"))]
 
 
 def check_url(url: str) -> str:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..codec.zoo import codec_file, load_codec
-from ..convert.encode import RANS, Encoder
+from ..convert.encode import RANS, Encoder, resume_policy
 from ..device import autocast_for, resolve_device
 from ..errors import UsageError
 from ..store.backends import schema_tables
@@ -93,7 +93,9 @@ class IngestEngine:
                    "rans_tables_fit": {"method": "the codec's own tables (a service store has no inputs to fit)"}},
             policy={"mode": "fixed", "size": side, "resize": RESIZE_POLICY,
                     "colour": "8-bit RGB; EXIF orientation applied; alpha composited on white; 16-bit scaled",
-                    "source": "uploads to latentstore serve (a growing store)"},
+                    "source": "uploads to latentstore serve (a growing store)",
+                    # what the encoder runs in, as conversion records it: a reopened store keeps it (bind)
+                    "encoder": resume_policy(None, self.device, None, False)[1]},
             shard_size=shard_size, num_slots=shard_size, label_names=list(self.label_names),
             inputs_sha256="", name=name)
 
@@ -105,7 +107,8 @@ class IngestEngine:
         if schema.codec.get("coder") != RANS or schema.policy.get("mode") != "fixed":
             raise UsageError("the service appends to fixed-size bitstream v2 stores only")
         self.side = int(schema.policy["size"])
-        self.enc = Encoder(self.model, self.device, schema, entropy="numba")
+        policy, _ = resume_policy(schema.policy, self.device, None, False)  # the store's recorded arithmetic
+        self.enc = Encoder(self.model, self.device, schema, entropy="numba", policy=policy)
         self.enc.set_tables(schema_tables(schema, RANS))
 
     # ------------------------------------------------------------------------ per image / per batch
