@@ -76,3 +76,21 @@ def complete_schema(schema: StoreSchema, parts: dict[int, dict], root: str) -> N
     schema.checksums = {**schema.checksums,  # the codec and metadata files, from creation
                         **{name: h for k in sorted(parts) for name, h in parts[k]["checksums"].items()}}
     schema.complete = True
+
+
+def read_parts_at(loc) -> dict[int, dict]:
+    """shard -> its commit record, each checked against its own seal, from a store's Location (a local folder
+    or an object-store prefix: store/remote/location.py)."""
+    parts = {}
+    for rel in sorted(loc.list(PARTS_DIR + "/")):
+        f = rel.split("/", 1)[1]
+        if not (f.startswith("shard-") and f.endswith(".json")):
+            continue
+        try:
+            p = check_seal(json.loads(loc.read(rel)), rel)
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{rel}: unreadable commit record ({str(e).splitlines()[0]})") from None
+        if not f[6:-5].isdigit() or p.get("shard") != int(f[6:-5]):
+            raise StoreError(f"{rel}: commit record names shard {p.get('shard')!r}")
+        parts[p["shard"]] = p
+    return parts

@@ -28,8 +28,8 @@ from ..errors import StoreError, UsageError
 from .backends import backend_for
 from .lock import LOCK_DIR, WriterLock
 from .records import (INIT_MARKER, NOTES_FILE, check_resumable, check_seal, complete_schema,  # noqa: F401
-                      parse_record, read_record, seal)
-from .remote.location import is_remote
+                      parse_record, read_parts_at, read_record, seal)
+from .remote.location import is_remote, location_for
 from .schema import CODEC_FILE, PARTS_DIR, StoreSchema, read_schema
 
 
@@ -228,20 +228,7 @@ def _clear_except_locks(root: str) -> None:
 
 def read_parts(root: str) -> dict[int, dict]:
     """shard -> its commit record, each checked against its own checksum."""
-    parts = {}
-    d = os.path.join(root, PARTS_DIR)
-    for f in sorted(os.listdir(d)):
-        if f.startswith("shard-") and f.endswith(".json"):
-            where = f"{PARTS_DIR}/{f}"
-            try:
-                with open(os.path.join(d, f)) as fh:
-                    p = check_seal(json.load(fh), where)
-            except (OSError, ValueError) as e:
-                raise StoreError(f"{where}: unreadable commit record ({str(e).splitlines()[0]})") from None
-            if not f[6:-5].isdigit() or p.get("shard") != int(f[6:-5]):
-                raise StoreError(f"{where}: commit record names shard {p.get('shard')!r}")
-            parts[p["shard"]] = p
-    return parts
+    return read_parts_at(location_for(root))
 
 
 def _half_created_by_us(root: str) -> bool:

@@ -19,7 +19,8 @@ import time
 
 from ...errors import StoreError, UsageError
 from ..lock import LOCK_DIR
-from ..records import INIT_MARKER, NOTES_FILE, check_resumable, check_seal, complete_schema, parse_record
+from ..records import (INIT_MARKER, NOTES_FILE, check_resumable, check_seal, complete_schema, parse_record,
+                       read_parts_at)
 from ..schema import PARTS_DIR, SCHEMA_FILE, StoreSchema, listing_state as _listing_state, read_schema
 from .errors import AlreadyExists
 from .location import location_for, require_writable
@@ -124,23 +125,6 @@ def _stage_metadata(loc, stage: str) -> None:
                 f.write(loc.read(rel))
 
 
-def read_parts_remote(loc) -> dict[int, dict]:
-    """shard -> its commit record, each checked against its own seal (as writer.read_parts)."""
-    parts = {}
-    for rel in sorted(loc.list(PARTS_DIR + "/")):
-        f = rel.split("/", 1)[1]
-        if not (f.startswith("shard-") and f.endswith(".json")):
-            continue
-        try:
-            p = check_seal(json.loads(loc.read(rel)), rel)
-        except ValueError as e:
-            raise StoreError(f"{rel}: unreadable commit record ({str(e).splitlines()[0]})") from None
-        if not f[6:-5].isdigit() or p.get("shard") != int(f[6:-5]):
-            raise StoreError(f"{rel}: commit record names shard {p.get('shard')!r}")
-        parts[p["shard"]] = p
-    return parts
-
-
 def finalize_remote(url: str) -> StoreSchema:
     """Every shard committed -> the complete schema, written in one put (the store's commit)."""
     loc = location_for(url)
@@ -149,7 +133,7 @@ def finalize_remote(url: str) -> StoreSchema:
         schema = parse_record(loc.read(marker), url, os.path.basename(marker))
     except FileNotFoundError:
         raise StoreError(f"{url}: not a latentstore store being written (no {marker})") from None
-    parts = read_parts_remote(loc)
+    parts = read_parts_at(loc)
     try:
         schema.notes = check_seal(json.loads(loc.read(f"{PARTS_DIR}/{NOTES_FILE}")), NOTES_FILE)["notes"]
     except FileNotFoundError:
