@@ -102,7 +102,7 @@ def sec_convert(a, log, dev, c):
     p = subprocess.run([sys.executable, "-m", "latentstore.cli", "convert", a.jpegs, dst, "--codec", CODEC, "--size",
                         str(c["size"]), "--device", dev, "--batch-size", str(c["batch"]), "--quiet"],
                        capture_output=True, text=True, cwd=ROOT)
-    m = re.search(r"\(([\d,.]+) img/s\)", p.stdout)
+    m = re.search(r"\(([\d,.]+) img/s[,)]", p.stdout)  # "(60.0 img/s, start-up ... included)"
     if p.returncode or not m:
         raise RuntimeError(f"the CLI failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
     from latentstore.store import open_store

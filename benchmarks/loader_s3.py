@@ -54,7 +54,8 @@ def _create_bucket(url: str) -> None:
         pass
 
 
-def compare_remote(a, stores: dict, n: int, cores: int, measure, torch_loader, stream_loader, results: str) -> None:
+def compare_remote(a, stores: dict, n: int, cores: int, results: str) -> None:
+    from benchmarks.loader_common import stream_loader, torch_loader
     from latentstore.data.datasets import LatentMapDataset
     from latentstore.store.remote.blobs import RequestCounter
     from latentstore.store.remote.commit import upload_store
@@ -74,7 +75,7 @@ def compare_remote(a, stores: dict, n: int, cores: int, measure, torch_loader, s
             shard_mb = latent / max(1, -(-n // 256)) / 2 ** 20
             cases = [("local", stores[key], None), ("local, forkserver workers", stores[key], None),
                      ("s3", remote, None), ("s3, cache ~1 shard", remote, 1.2 * shard_mb)]
-            rows += _measure_cases(fmt, cases, mk, n, cores, measure, a.rounds)
+            rows += _measure_cases(fmt, cases, mk, n, cores, a.rounds)
     finally:
         if server is not None:
             server.kill()
@@ -82,17 +83,18 @@ def compare_remote(a, stores: dict, n: int, cores: int, measure, torch_loader, s
     write(a, rows, n, endpoint, results)
 
 
-def _measure_cases(fmt, cases, mk, n, cores, measure, rounds: int) -> list[dict]:
+def _measure_cases(fmt, cases, mk, n, cores, rounds: int) -> list[dict]:
     """Every case measured in `rounds` interleaved rounds (local, remote, local, remote, ...: the machine's load
     drifts); medians, and each remote/local ratio the median of its per-round ratios. Requests: round one."""
     import statistics
 
-    import benchmarks.loader as loader_mod
+    import benchmarks.loader_common as common
+    from benchmarks.loader_common import measure
     from latentstore.store.remote.blobs import RequestCounter
     iters, counts, one, allc = {}, {}, {c[0]: [] for c in cases}, {c[0]: [] for c in cases}
     for r in range(rounds):
         for where, path, cache_mb in cases:
-            loader_mod.FORCE_CONTEXT[:] = ["forkserver"] if "forkserver" in where else []
+            common.FORCE_CONTEXT[:] = ["forkserver"] if "forkserver" in where else []
             if cache_mb is not None:  # read by the reader's shard cache when it is first used (round one)
                 os.environ["LATENTSTORE_REMOTE_CACHE_MB"] = f"{cache_mb:.4f}"
             if r == 0:
@@ -112,7 +114,7 @@ def _measure_cases(fmt, cases, mk, n, cores, measure, rounds: int) -> list[dict]
             if iters[where][1] is not None:
                 allc[where].append(measure(iters[where][1], n))
             os.environ.pop("LATENTSTORE_REMOTE_CACHE_MB", None)
-            loader_mod.FORCE_CONTEXT[:] = []
+            common.FORCE_CONTEXT[:] = []
     rows = []
     nan = float("nan")
     for where, _, _ in cases:

@@ -23,6 +23,9 @@ and LatentDataset) beside nothing that no client sent, and `latentstore verify` 
 Images: seeded random crops (shorter side scaled to 256, ~384 or ~512, then a 256 px crop, a random flip) of
 scikit-image's, scikit-learn's and matplotlib's photos and foolbox's ImageNet JPEGs, encoded as JPEG (q 80-95)
 or, one in four, PNG: every request's bytes are distinct, so the server's dedup never skips the work.
+Upload kinds (`--kinds`, issue #30; benchmarks/serve_kinds.py): JPEG at full resolution, JPEG at 256 px and the
+client's latents (`upload --encode`) against one server, at concurrency 1/8/32, with the server's CPU-seconds per
+upload, and again with --classifier when one is given.
 Results: OUT/serve.md and OUT/serve.json (machine, load average, date, commit, codec, every row); each mode
 rewrites its own section.
 """
@@ -227,10 +230,12 @@ def closed_loop(url: str, images, concurrency: int, time_limit_s: float, headers
                     return
                 data, ctype = images[i]
                 t = time.perf_counter()
-                try:
-                    r = client.post(f"{url}/v1/images", content=data, headers={"Content-Type": ctype})
+                try:  # a dict: multipart parts (a native store's latent upload: `file` + `companion`)
+                    r = client.post(f"{url}/v1/images", files=data) if isinstance(data, dict) else \
+                        client.post(f"{url}/v1/images", content=data, headers={"Content-Type": ctype})
                     status = r.status_code
-                    if status == 200 and r.json().get("sha256") != hashlib.sha256(data).hexdigest():
+                    sent = data["file"][1] if isinstance(data, dict) else data
+                    if status == 200 and r.json().get("sha256") != hashlib.sha256(sent).hexdigest():
                         bad.append(i)
                 except httpx.TransportError:
                     status = None
@@ -423,11 +428,12 @@ def _upload_until_killed(url: str, images, threads: int, after_acks: int, jitter
 
 
 def durability_trial(work: str, codec: str, seed: int, threads: int = 4, per_thread: int = 12,
-                     jitter_s: float = 0.2, rounds: int = 1, args=(), log=print) -> dict:
+                     jitter_s: float = 0.2, rounds: int = 1, args=(), log=print, latent_every: int = 0) -> dict:
     """A fresh store; `rounds` times: client threads upload distinct images, kill -9 at a seeded random moment
     (after a random number of 200s, from 1 to 3/4 of the round's uploads, plus a random 0-jitter_s seconds),
     restart on the same store, every 200 so far must be served by GET. Then SIGTERM, and the store must hold
     each acknowledged upload exactly once and nothing no client sent, and `latentstore verify` must pass.
+    `latent_every`: every n-th upload is the client's bitstream of its image (`upload --encode`), not the image.
     Returns what it found (`ok` True when every check held)."""
     import httpx
     from click.testing import CliRunner
@@ -437,6 +443,10 @@ def durability_trial(work: str, codec: str, seed: int, threads: int = 4, per_thr
     images = make_images(rounds * threads * per_thread, seed=10_000 + seed)
     acked, in_doubt, other, problems, kills = {}, set(), [], [], []
     server = ServerProcess(store, codec, args)
+    latent = set()
+    if latent_every:
+        from benchmarks.serve_kinds import with_client_bitstreams
+        images, latent = with_client_bitstreams(server.url, images, latent_every)
     for k in range(rounds):
         after, jitter = rng.randint(1, max(1, threads * per_thread * 3 // 4)), rng.uniform(0, jitter_s)
         part = images[k * threads * per_thread: (k + 1) * threads * per_thread]
@@ -474,7 +484,7 @@ def durability_trial(work: str, codec: str, seed: int, threads: int = 4, per_thr
     with open(server.log, errors="replace") as f:
         torn = [ln.strip() for ln in f if "torn" in ln.lower()]
     res = {"seed": seed, "kills": kills, "kill_after_s": [x["kill_after_s"] for x in kills], "acked": len(acked),
-           "in_doubt": len(in_doubt), "other_statuses": sorted(set(other)), "stored": len(stored),
+           "latent_acked": sum(s in latent for s in acked), "in_doubt": len(in_doubt), "other_statuses": sorted(set(other)), "stored": len(stored),
            "stored_in_doubt": sum(s in counts for s in in_doubt), "sigterm_rc": rc, "verify_rc": v.exit_code,
            "torn_lines": torn[-2:], "problems": problems[:8] + ([f"... {len(problems) - 8} more"] if len(problems) > 8
                                                               else []), "ok": not problems}
@@ -600,7 +610,8 @@ def run_durability(a) -> dict:
     trials = []
     with tempfile.TemporaryDirectory(prefix="serve-durability-") as work:
         for t in range(a.durability_trials):
-            trials.append(durability_trial(work, a.codec, a.seed * 1000 + t, args=a.server_args.split()))
+            trials.append(durability_trial(work, a.codec, a.seed * 1000 + t, args=a.server_args.split(),
+                                           latent_every=a.latent_every))
     return {"trials": trials, "passed": sum(t["ok"] for t in trials), "seed": a.seed}
 
 
@@ -649,6 +660,9 @@ def markdown(doc: dict) -> str:
                    f"{o['rss_mb_first']} MB at the start, {o['rss_mb_max']} MB max, {o['rss_mb_last']} MB at the end "
                    f"(last quarter / first quarter {o['rss_growth']}); alive after: {o['alive']}, /healthz "
                    f"{o['healthz_after']}, SIGTERM exit {o['sigterm_rc']}"]
+    if doc.get("kinds"):
+        from benchmarks.serve_kinds import kinds_markdown
+        md += kinds_markdown(doc["kinds"])
     dur = doc.get("durability")
     if dur:
         md += ["", f"## kill -9 trials: {dur['passed']} of {len(dur['trials'])} passed", "",
@@ -675,12 +689,20 @@ def main(argv=None) -> int:
     p.add_argument("--overload-s", type=float, default=10.0, help="seconds of the overload phase")
     p.add_argument("--warmup", type=int, default=8, help="requests to each server before measuring")
     p.add_argument("--durability-trials", type=int, default=0, help="run N kill -9 trials instead of the load")
+    p.add_argument("--latent-every", type=int, default=3,
+                   help="kill -9 trials: every n-th upload is a client's bitstream (0: images only)")
+    p.add_argument("--kinds", action="store_true", help="the upload kinds of issue #30 (serve_kinds.py) instead")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     a = p.parse_args(argv)
     t0, load_before = time.perf_counter(), os.getloadavg()[0]
-    section = "durability" if a.durability_trials else "load"
-    res = run_durability(a) if a.durability_trials else run_load(a)
+    section = "durability" if a.durability_trials else "kinds" if a.kinds else "load"
+    if a.kinds:
+        from benchmarks.serve_kinds import run_kinds
+        with tempfile.TemporaryDirectory(prefix="serve-kinds-") as work:
+            res = run_kinds(a, work, log=lambda m: print(m, flush=True))
+    else:
+        res = run_durability(a) if a.durability_trials else run_load(a)
     res.update(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit=commit(),
                codec=a.codec, machine=machine(), seconds=round(time.perf_counter() - t0, 1),
                load_avg_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)],  # others' jobs share the cores

@@ -59,7 +59,15 @@ def w(codec_path, tmp_path_factory):
     p["store_c2"] = str(d / "c2.zarr")  # the same images under another codec
     make_store(src, p["store_c2"], make_codec_file(str(d / "c2.safetensors"), seed=1, name="test-c8b"), size=32)
     p["out"] = str(d / "out")
+    p["run"] = str(d / "run")  # a finished tiny classify run
+    res = CliRunner().invoke(main, ["train", "classify", "--train", p["store"], "--val", p["store"], "--out", p["run"],
+                                    *TINY_RUN])
+    assert res.exit_code == 0, res.output
     return p
+
+
+TINY_RUN = ["--model", "cresnet39", "--width", "8", "--depth-scale", "0.3", "--batch-size", "7", "--epochs", "1",
+            "--num-workers", "0", "--device", "cpu", "--quiet"]
 
 
 def _largest_file(folder: str) -> str:
@@ -73,24 +81,31 @@ USAGE = {
                  ["{img}", "{existing}", "--codec", "{codec}"], ["{img}", "{no_dir}", "--codec", "{codec}"],
                  ["{img}", "{out}.lsb", "--tile", "-1", "--codec", "{codec}"], ["{img}"]],
     "decompress": [["{missing}", "{out}.png"], ["{lsb}", "{existing}", "--codec", "{codec}"],
-                   ["{lsb}", "{out}.png", "--codec", "no-such-codec"], ["{d}", "{out}.png"]],
+                   ["{lsb}", "{out}.png", "--codec", "no-such-codec"], ["{d}", "{out}.png"],
+                   ["{lsb}", "{out}.gif", "--codec", "{codec}"], ["{lsb}", "{out}", "--codec", "{codec}"]],
     "codecs": [["--max-side", "-1"], ["--max-side", "lots"], ["--no-such-flag"]],
     "eval rd": [["{missing}", "--out", "{out}", "--codec", "{codec}"],
                 ["{img}", "--out", "{out}", "--codec", "no-such-codec"],
-                ["{img}", "--out", "{existing}", "--codec", "{codec}"], ["{img}", "--codec", "{codec}"]],
+                ["{img}", "--out", "{existing}", "--codec", "{codec}"], ["{img}", "--codec", "{codec}"],
+                ["{img}", "--out", "{out}", "--codec", "{codec}", "--max-side", "-1"]],
     "flops": [["--size", "7"], ["--codec-width", "3"]],
     "demo": [["--out", "{existing}"]],
     "convert": [["{missing}", "{out}.zarr", "--codec", "{codec}"], ["{src}", "{out}.zarr", "--codec", "no-such-codec"],
                 ["{src}", "{out}.zarr", "--codec", "{codec}", "--size", "30"],
-                ["{src}", "{store}", "--codec", "{codec}"]],
+                ["{src}", "{store}", "--codec", "{codec}"],
+                ["{src}", "s3:/data/x.zarr", "--codec", "{codec}"], ["{src}", "s3:data", "--codec", "{codec}"],
+                ["s3:/data/src", "{out}.zarr", "--codec", "{codec}"]],
     "merge": [["{missing}"]],
     "serve": [["{out}.zarr", "--codec", "{codec}", "--host", "0.0.0.0"], ["{out}.zarr", "--codec", "no-such-codec"],
               ["{out}.zarr", "--codec", "{codec}", "--max-batch", "0"], ["{src}", "--codec", "{codec}"],
               ["{existing}", "--codec", "{codec}"], ["{store_c2}", "--codec", "{codec}", "--port", "0"]],
     "upload": [["{missing}", "--url", "http://127.0.0.1:9"], ["{src}", "--url", "ftp://127.0.0.1:9"]],
-    "info": [["{missing}"]],
-    "verify": [["{missing}"]],
-    "decode": [["{missing}", "--out", "{out}"], ["{store}", "--out", "{out}", "--index", "99"]],
+    "info": [["{missing}"], ["gs:/x"], ["s3:data"]],
+    "verify": [["{missing}"], ["s3:/data/x.zarr"]],
+    "decode": [["{missing}", "--out", "{out}"], ["{store}", "--out", "{out}", "--index", "99"],
+               ["az:/x.zarr", "--out", "{out}"]],
+    "predict": [["{store}", "--run", "{missing}"], ["{missing}", "--run", "{run}"], ["{store}", "--run", "{run}",
+                "--top-k", "0"], ["{store_c2}", "--run", "{run}"], ["s3:/data/x.zarr", "--run", "{run}"], ["{store}"]],
     "recode": [["{missing}", "{out}.zarr"], ["{store}", "{out}.zarr", "--bitstream", "v9"]],
     "datasets scenes": [["{out}-scenes", "--train", "lots"]],
     "train classify": [["--out", "{out}", "--train", "{missing}", "--val", "{store}", "--model", "cresnet39"],
@@ -98,19 +113,31 @@ USAGE = {
                        ["--out", "{out}", "--train", "{store}", "--val", "{store}", "--epochs", "0"],
                        ["--out", "{existing}", "--train", "{store}", "--val", "{store}"],
                        ["--out", "{out}", "--train", "{store}", "--val", "{store_c2}", "--model", "cresnet39",
-                        "--width", "8", "--num-workers", "0", "--device", "cpu"]],
+                        "--width", "8", "--num-workers", "0", "--device", "cpu"],
+                       # an image folder where a store is read: the error names --input rgb
+                       ["--out", "{out}", "--train", "{src}", "--val", "{store}"],
+                       ["--out", "{out}", "--train", "s3:/data/x.zarr", "--val", "{store}"],
+                       # a run directory reused: neither --resume nor --force, other options, both flags
+                       ["--out", "{run}", "--train", "{store}", "--val", "{store}", *TINY_RUN],
+                       ["--out", "{run}", "--train", "{store}", "--val", "{store}", "--resume", *TINY_RUN[:3], "16",
+                        *TINY_RUN[4:]],
+                       ["--out", "{run}", "--train", "{store}", "--val", "{store}", "--resume", "--force", *TINY_RUN]],
     "train codec": [["--name", "ls-c99", "--out", "{out}"], ["--out", "{out}", "--steps", "0"],
                     ["--out", "{out}", "--crop", "12"]],
-    "train seg": [["--out", "{out}"], ["--out", "{out}", "--train", "{missing}", "--val", "{missing}"]],
+    "train seg": [["--out", "{out}"], ["--out", "{out}", "--train", "{missing}", "--val", "{missing}"],
+                  ["--out", "{run}", "--train", "{store}", "--val", "{store}", "--width", "8"]],
     "train joint": [["--out", "{out}", "--gamma", "0"], ["--out", "{out}"],
                     ["--out", "{out}", "--codec", "{codec}", "--classifier", "{missing}", "--train", "{missing}",
-                     "--val", "{missing}"]],
+                     "--val", "{missing}"],
+                    ["--out", "{run}", "--codec", "{codec}", "--classifier", "{run}", "--train", "{missing}",
+                     "--val", "{missing}", "--resume", "--force"]],
 }
 
 # each must exit 1: the arguments are fine, the data is not
 DATA = {
     "compress": [["{bad_img}", "{out}.lsb", "--codec", "{codec}"]],
     "decompress": [["{bad_lsb}", "{out}.png", "--codec", "{codec}"]],
+    "predict": [["{bad_img}", "--run", "{run}"]],
     "eval rd": [["{bad_img}", "--out", "{out}", "--codec", "{codec}"]],
     "info": [["{bad_store}"]],
     "verify": [["{bad_store}"], ["{rotten_store}"]],
@@ -172,3 +199,20 @@ def test_ours_are_one_line(w, tmp_path):
         res = _run(w, cmd, args, tmp_path)
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+
+
+def test_the_messages_name_the_way_forward(w, tmp_path):
+    """The words a new user needs, in the one line: the URL form, --input rgb, the differing option, the suffix."""
+    expect = [("convert", USAGE["convert"][4], "s3://"), ("train classify", USAGE["train classify"][5], "--input rgb"),
+              ("train classify", USAGE["train classify"][7], "--resume"),
+              ("train classify", USAGE["train classify"][8], "--width 8 -> 16"),
+              ("decompress", USAGE["decompress"][4], ".gif")]
+    for cmd, args, words in expect:
+        res = _run(w, cmd, args, tmp_path)
+        assert res.exit_code == 2 and words in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_a_url_typo_writes_nothing(w, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["convert", w["src"], "s3:/data/x.zarr", "--codec", w["codec"], "--quiet"])
+    assert res.exit_code == 2 and os.listdir(tmp_path) == [], (res.output, os.listdir(tmp_path))

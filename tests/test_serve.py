@@ -24,7 +24,7 @@ from latentstore.codec.zoo import load_codec_file
 from latentstore.serve import ServeConfig, create_app
 from latentstore.store.verify import verify
 
-READ, WRITE = "r3ad-token", "wr1te-token"
+READ, WRITE = "r3ad-token-for-tests", "wr1te-token-for-tests"  # >= 16 characters: shorter ones are refused
 
 
 def image_bytes(i: int, fmt: str = "PNG", size=(56, 40)) -> bytes:
@@ -55,6 +55,7 @@ def classifier_run(codec_path, tmp_path_factory):
 def token_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("tok") / "tokens.txt"
     p.write_text(f"# scopes\n{READ} read\n{WRITE} write\n")
+    p.chmod(0o600)  # a token file others may read is refused
     return str(p)
 
 
@@ -331,9 +332,9 @@ def test_admission_counts_decoding_and_queued_uploads_and_refuses_the_rest_at_on
             gate.wait(60)
             return real_run(images)
 
-        def counted(data):
+        def counted(data, *latent):
             decoded.append(data)
-            return real_decode(data)
+            return real_decode(data, *latent)
         svc.engine.run, svc._decode = blocked, counted
 
         def one(i):

@@ -13,6 +13,7 @@ them; log.csv and curves.png record the run.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ from latentstore.data.datasets import LatentMapDataset, ResumableLoader
 from latentstore.device import autocast_for, resolve_device
 from latentstore.errors import UsageError
 from latentstore.models.resnet import build
-from latentstore_train.common import batch_input, init_dist as _dist, run_epochs  # shared with seg
+from latentstore_train.common import CorruptCount, batch_input, init_dist as _dist, run_epochs  # shared with seg
 
 
 @dataclass
@@ -48,9 +49,12 @@ class ClassifyConfig:
     device: str = "auto"  # auto | cpu | cuda
     decode_on: str = "cpu"  # cpu: loader workers decode; gpu: workers only read bytes, the GPU decodes (v2 stores)
     cache_dir: str = ""  # remote (s3://) stores: a local read-through cache of their shards (LATENTSTORE_CACHE_DIR)
+    skip_corrupt: bool = False  # skip (and count) latent samples that fail their checksum or decode, not stop
+    max_corrupt_fraction: float = 0.001  # with --skip-corrupt: fail once one epoch skipped more than this share
 
 
-def make_dataset(kind: str, path: str, train: bool, crop: int, seed: int, decode_on: str = "cpu"):
+def make_dataset(kind: str, path: str, train: bool, crop: int, seed: int, decode_on: str = "cpu",
+                 skip_corrupt: bool = False):
     """-> (dataset, num_classes, in_channels, centres): centres (L,) for latent stores, else None."""
     from latentstore.store.remote import is_remote
     if not path or not (os.path.exists(path) or (kind != "rgb" and is_remote(path))):  # a usage error (exit 2)
@@ -58,7 +62,7 @@ def make_dataset(kind: str, path: str, train: bool, crop: int, seed: int, decode
         raise UsageError(f"--{'train' if train else 'val'} {path or '(empty)'}: no such {what}")
     if kind == "latent":
         ds = LatentMapDataset(path, train=train, crop=crop or None, seed=seed,
-                              output="payload" if decode_on == "gpu" else "symbols")
+                              output="payload" if decode_on == "gpu" else "symbols", skip_corrupt=skip_corrupt)
         s = ds.store.schema
         return ds, len(s.label_names), s.codec["C"], ds.store.centres
     from latentstore.data.rgb import ArrayImageDataset, ImageFolderDataset
@@ -72,6 +76,22 @@ def make_dataset(kind: str, path: str, train: bool, crop: int, seed: int, decode
         return ArrayImageDataset(images, labels, train, seed), n_classes, 3, None
     ds = ImageFolderDataset(path, crop or 224, train, seed)
     return ds, len(ds.label_names), 3, None
+
+
+UNLABELLED = -1  # the label of a sample stored without one (an upload sent with no label)
+
+
+def check_labels(cfg: ClassifyConfig, train_ds, n_classes: int) -> int:
+    """The number of unlabelled training samples (skipped by the loss, said once); none labelled is a usage error."""
+    labels = train_ds.store.labels if hasattr(train_ds, "store") else None
+    n_unlabelled = int((np.asarray(labels) == UNLABELLED).sum()) if labels is not None else 0
+    if n_classes == 0 or (labels is not None and n_unlabelled == len(labels)):
+        raise UsageError(f"--train {cfg.train}: no labelled samples; store labels (class folders, or label= on "
+                         "upload) to train a classifier")
+    if n_unlabelled:
+        print(f"--train {cfg.train}: {n_unlabelled} of {len(labels)} samples have no label and are skipped",
+              file=sys.stderr)
+    return n_unlabelled
 
 
 def gpu_decoders(cfg: ClassifyConfig, device: str, train_ds, val_ds) -> tuple:
@@ -101,15 +121,23 @@ def check_same_codec(cfg: ClassifyConfig, train_schema, val_schema) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, loader, centres, device: str, decoder=None) -> dict:
+def evaluate(model, loader, centres, device: str, decoder=None, corrupt: CorruptCount | None = None) -> dict:
+    """Loss, top-1 and top-5 on `loader`; `corrupt` counts the samples it skipped as corrupt (skip_corrupt)."""
     model.eval()
-    n = top1 = top5 = 0
+    n = top1 = top5 = unlabelled = 0
     loss = 0.0
     for b in loader:
+        if corrupt is not None and corrupt.add(b) and "index" not in b:
+            continue
         x = batch_input(b, centres, device, decoder)
         y = b["label"].to(device)
         with autocast_for(device):
             logits = model(x).float()
+        keep = y != UNLABELLED
+        unlabelled += int((~keep).sum())
+        logits, y = logits[keep], y[keep]
+        if not len(y):
+            continue
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         k = min(5, logits.shape[1])
         pred = logits.topk(k, 1).indices
@@ -117,7 +145,9 @@ def evaluate(model, loader, centres, device: str, decoder=None) -> dict:
         top5 += (pred == y[:, None]).any(1).sum().item()
         n += len(y)
     model.train()
-    return {"val_loss": loss / max(n, 1), "top1": 100 * top1 / max(n, 1), "top5": 100 * top5 / max(n, 1), "n": n}
+    out = {"val_loss": loss / max(n, 1), "top1": 100 * top1 / max(n, 1), "top5": 100 * top5 / max(n, 1), "n": n,
+           "val_unlabelled": unlabelled}
+    return {**out, "val_skipped_corrupt": corrupt.end_epoch()} if corrupt is not None else out
 
 
 def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
@@ -128,8 +158,12 @@ def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     if cfg.cache_dir:  # read by every loader worker's shard cache (store/remote/blobs.py); bounded by LATENTSTORE_CACHE_DIR_MB
         os.environ["LATENTSTORE_CACHE_DIR"] = os.path.abspath(cfg.cache_dir)
-    train_ds, n_classes, cin, centres = make_dataset(cfg.input, cfg.train, True, cfg.crop, cfg.seed, cfg.decode_on)
-    val_ds, _, _, _ = make_dataset(cfg.input, cfg.val, False, cfg.crop, cfg.seed, cfg.decode_on)
+    if cfg.skip_corrupt and cfg.input != "latent":
+        raise UsageError("--skip-corrupt reads latent stores (--input latent); other inputs stop at a corrupt sample")
+    train_ds, n_classes, cin, centres = make_dataset(cfg.input, cfg.train, True, cfg.crop, cfg.seed, cfg.decode_on,
+                                                     cfg.skip_corrupt)
+    val_ds, _, _, _ = make_dataset(cfg.input, cfg.val, False, cfg.crop, cfg.seed, cfg.decode_on, cfg.skip_corrupt)
+    unlabelled = check_labels(cfg, train_ds, n_classes)
     decoders = gpu_decoders(cfg, device, train_ds, val_ds)
     if cfg.input == "latent":
         check_same_codec(cfg, train_ds.store.schema, val_ds.store.schema)  # before any step, not after an epoch
@@ -148,16 +182,22 @@ def train(cfg: ClassifyConfig, out_dir: str, progress: bool = True) -> dict:
                              pin_memory=device == "cuda")
     val_loader = ResumableLoader(val_ds, 256, cfg.num_workers, cfg.seed, rank=0, world=1, shuffle=False)
     resolved = {**asdict(cfg), "device_resolved": device, "world_size": world, "num_classes": n_classes,
+                "train_unlabelled": unlabelled,
                 "in_channels": cin, "train_samples": len(train_ds), "val_samples": len(val_ds)}
 
     def step_loss(b):
         x = batch_input(b, centres, device, decoders[0])
         y = b["label"].to(device, non_blocking=True)
         with autocast_for(device):
-            return F.cross_entropy(ddp_model(x).float(), y)
+            logits = ddp_model(x).float()
+        if (y >= 0).any():  # unlabelled samples (label -1, e.g. uploads sent without a label) carry no loss
+            return F.cross_entropy(logits, y, ignore_index=UNLABELLED)
+        return logits.sum() * 0.0  # a batch with no label at all: a zero step that keeps DDP's ranks in lockstep
+
+    val_corrupt = CorruptCount(cfg, val_loader.epoch_samples(), "validation") if cfg.skip_corrupt else None
 
     def end_epoch(epoch, train_s):
-        return evaluate(model, val_loader, centres, device, decoders[1]) if rank == 0 else {}
+        return evaluate(model, val_loader, centres, device, decoders[1], val_corrupt) if rank == 0 else {}
 
     run = run_epochs(cfg, out_dir, model, opt, loader, resolved, step_loss, end_epoch, rank, world, progress)
     return {**run, "config": resolved}

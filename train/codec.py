@@ -10,13 +10,15 @@ Learning rate: `lr`, divided by 10 for the last 20% of steps (or a cosine schedu
 Precision: bf16 autocast (channels_last) on CUDA and on CPUs with native bf16 (AVX512_BF16 / AMX), fp32
 elsewhere; the loss (MSE, MS-SSIM, the rate hinge) is always computed in fp32, outside autocast.
 Finetuning: `init_from` starts from a shipped codec's weights (a fresh optimizer), e.g. a longer-trained
-ls-c32. `max_minutes` bounds one invocation's wall time (checkpointed; run again to resume).
-Checkpoints resume exactly.
+ls-c32. `max_minutes` / `max_cpu_seconds` bound one invocation's wall / training CPU time, and SIGTERM / SIGINT stop
+it after the current step: each checkpointed (run again to resume). Checkpoints (every ckpt_every steps and every
+ckpt_minutes) resume exactly (latentstore_train.checkpoint); the log goes to log.csv, one row per log_every steps,
+and validation over training to val.csv (latentstore_train.codec_progress). The long CPU programme that trains
+every point round-robin is latentstore_train.codec_programme.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import os
 import time
@@ -30,9 +32,11 @@ from latentstore.codec.model import CodecConfig, LatentCodec
 from latentstore.codec.entropy.rans_v2 import tables_from_counts
 from latentstore.codec.zoo import OPERATING_POINTS, save_codec
 from latentstore_train import codec_data
+from latentstore_train.codec_data import symbol_counts
 from latentstore.device import resolve_device
 from latentstore.errors import UsageError
-from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from latentstore_train.checkpoint import StopSignals, has_checkpoint, load_checkpoint, save_checkpoint
+from latentstore_train.codec_progress import StepLog, Validator, plot_log
 from latentstore_train.precision import cpu_has_native_bf16, resolve_precision, train_autocast  # noqa: F401
 
 
@@ -63,6 +67,12 @@ class CodecTrainConfig:
     extra_photos: bool = False  # also train on the extra offline photos of codec_data.EXTRA_PHOTOS
     max_minutes: float = 0.0  # stop this invocation after this many wall-clock minutes, checkpointed (0 = no limit)
     threads: int = 0  # torch CPU threads (0: torch's default)
+    max_cpu_seconds: float = 0.0  # stop this invocation after this much training CPU time, all threads (0: none)
+    ckpt_minutes: float = 5.0  # also checkpoint every this many wall-clock minutes (0: by ckpt_every steps only)
+    log_every: int = 100  # steps per row of log.csv (means over the window): the log stays small over long runs
+    val_cpu_minutes: float = 0.0  # validate (real bytes, PSNR, MS-SSIM) every this many training CPU-minutes (0: never)
+    results_dir: str = ""  # also write the validation curve there, as <name>-val.csv and <name>-val.png
+    rate_scale: float = 1.0  # H_t = rate_scale * target_bpp * 64 / C (> 1: the v2 coder delivers below H_soft)
 
 
 # Training recipes: what `latentstore train codec --all --recipe R` uses for every operating point.
@@ -79,6 +89,17 @@ RECIPES = {
     "cpu-finetune": dict(N=64, steps=3000, batch_size=4, crop=192, photo_side=768, min_scale=0.5, lr=1e-4,
                          lr_schedule="cosine", warmup=100, sigma_start=8.0, sigma_final=8.0, distortion="msssim",
                          mse_weight=0.5, extra_photos=True, ckpt_every=100, init_from="{name}"),
+    # the long CPU programme (issue 29; latentstore_train.codec_programme runs the three points): picked by
+    # benchmarks/codec_pilots.py at 200 training CPU-s each on ls-c16 (results/codec_training/pilots.md): bf16 ran
+    # 3.1x the fp32 steps per CPU-second, 128 px x 8 beat 192 px x 4 on validation, 2 threads in one process ran
+    # 10x fewer steps per CPU-second than 1 on the shared machine (so: one thread a process, --workers 2), N=128
+    # makes a 30-MB checkpoint. H_t x rate_scale: the shipped codecs delivered 67% / 69% / 74% of the target rate
+    # (the v2 context coder codes below the soft entropy the hinge sees), so the hinge aims that much higher.
+    # ~200k steps is ~4.4 CPU-hours a point at the pilots' 12.6 steps per CPU-second.
+    "cpu-long": dict(N=64, steps=200000, batch_size=8, crop=128, photo_side=512, min_scale=1.0, lr=3e-4,
+                     lr_schedule="cosine", warmup=500, extra_photos=True, threads=1, ckpt_minutes=5.0,
+                     ckpt_every=10 ** 9, log_every=100, val_cpu_minutes=10.0,
+                     rate_scale={"ls-c8": 1.49, "ls-c16": 1.45, "ls-c32": 1.36}),
     "smoke": dict(N=16, steps=8, batch_size=2, crop=64, photo_side=256, min_scale=0.5, lr=3e-4, lr_schedule="cosine",
                   warmup=2, max_photos=3, ckpt_every=4),
 }
@@ -105,7 +126,9 @@ def recipe_config(name: str, recipe: str, **overrides) -> CodecTrainConfig:
     """The training config of operating point `name` under a recipe (overrides win)."""
     if recipe not in RECIPES:
         raise UsageError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
-    r = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    base = name[: -len("-msssim")] if name.endswith("-msssim") else name
+    r = {k: v[base] if isinstance(v, dict) else v for k, v in RECIPES[recipe].items()}  # per-point values
+    r.update({k: v for k, v in overrides.items() if v is not None})
     if "init_from" in r:
         r["init_from"] = r["init_from"].format(name=name)
     codec = codec_config_for(name, N=r.pop("N"))
@@ -158,12 +181,13 @@ def compression_loss(out: dict, x: torch.Tensor, beta: float, target_bits: float
 
 
 def loss_terms(model: LatentCodec, x: torch.Tensor, distortion: str = "mse", msssim_weight: float = 3000.0,
-               mse_weight: float = 0.0, autocast=None) -> dict:
+               mse_weight: float = 0.0, autocast=None, rate_scale: float = 1.0) -> dict:
     """The training loss: eq. 1 (MSE), or with msssim_weight * (1 - MS-SSIM) [+ mse_weight * MSE] as the
-    distortion. The forward runs under `autocast` (a context; None: none), the loss always in fp32."""
+    distortion; H_t is the point's times rate_scale. The forward runs under `autocast` (a context; None: none),
+    the loss always in fp32."""
     with autocast if autocast is not None else contextlib.nullcontext():
         out = model(x)
-    c = compression_loss(out, x, model.cfg.beta, model.cfg.target_bits_per_symbol)
+    c = compression_loss(out, x, model.cfg.beta, rate_scale * model.cfg.target_bits_per_symbol)
     loss = c["loss"]
     if distortion == "msssim":
         loss = (msssim_weight * codec_data.msssim_distortion(out["x_hat"], x) + mse_weight * c["mse255"]
@@ -185,7 +209,8 @@ def init_weights(model: LatentCodec, source: str) -> str:
 def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, progress: bool = True,
           install_as: str | None = None) -> dict:
     """Train (resuming from out_dir's checkpoint), then write the codec to the file `install_to`, or into the
-    zoo as `install_as` (an earlier codec of that name is kept as NAME@K)."""
+    zoo as `install_as` (an earlier codec of that name is kept as NAME@K). SIGTERM / SIGINT, max_minutes and
+    max_cpu_seconds stop it after the current step, checkpointed; running it again continues exactly."""
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)  # a bad value fails before anything is written
     os.makedirs(out_dir, exist_ok=True)
@@ -195,61 +220,94 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
     if cfg.distortion not in ("mse", "msssim") or cfg.lr_schedule not in ("step", "cosine"):
         raise UsageError("--distortion must be mse or msssim, --lr-schedule step or cosine")
     model = LatentCodec(cfg.codec)
-    init_hash = init_weights(model, cfg.init_from) if cfg.init_from and not has_checkpoint(out_dir) else None
+    resuming = has_checkpoint(out_dir)
+    init_hash = init_weights(model, cfg.init_from) if cfg.init_from and not resuming else None
     nhwc = cfg.channels_last and precision == "bf16"
     model = model.to(device, memory_format=torch.channels_last) if nhwc else model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     photos = codec_data.load_training_photos(cfg.crop, cfg.photo_side, cfg.max_photos, device, cfg.extra_photos)
-    step, log, elapsed = 0, [], 0.0
     resolved = {**asdict(cfg), "device_resolved": device, "precision_resolved": precision,
                 "n_photos": len(photos), "init_from_hash": init_hash, "torch_threads": torch.get_num_threads()}
-    if has_checkpoint(out_dir):
+    meta = {}
+    if resuming:
         meta = load_checkpoint(out_dir, model, opt, gen)
-        step, log, elapsed = meta["step"], meta.get("log", []), meta.get("elapsed", 0.0)
         resolved["init_from_hash"] = meta.get("config", {}).get("init_from_hash")  # what the run started from
-    t0 = time.time() - elapsed
-    cpu0 = time.process_time() - (log[-1].get("cpu_seconds", 0.0) if log else 0.0)  # CPU time, all threads
-    started = time.time()
+        if meta.get("config", {}).get("n_photos", len(photos)) != len(photos):  # e.g. a clone without the packages
+            print(f"{out_dir}: resuming on {len(photos)} training photos, the run had "
+                  f"{meta['config']['n_photos']}: it continues, but not exactly as it would have")
+    step, elapsed, cpu_total = meta.get("step", 0), meta.get("elapsed", 0.0), meta.get("cpu_seconds", 0.0)
+    steplog = StepLog(os.path.join(out_dir, "log.csv"), cfg.log_every, meta.get("steplog"))
+    val = Validator(out_dir, cfg.codec.name, cfg.val_cpu_minutes, cfg.results_dir, meta.get("val_next_cpu"), step)
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=step, desc=cfg.codec.name, unit="step")
     model.train()
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
-    while step < end:
-        model.quantizer.sigma = sigma_at(cfg, step)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step)
-        x = sample_batch(photos, cfg, gen)
-        if nhwc:
-            x = x.contiguous(memory_format=torch.channels_last)
-        t = loss_terms(model, x, cfg.distortion, cfg.msssim_weight, cfg.mse_weight, train_autocast(precision, device))
-        opt.zero_grad(set_to_none=True)
-        t["loss"].backward()
-        opt.step()
-        step += 1
-        row = {"step": step, "loss": t["loss"].item(), "mse255": t["mse255"].item(),
-               "psnr": 10 * math.log10(255.0 ** 2 / max(t["mse255"].item(), 1e-10)),
-               "H_soft": t["entropy_soft"].item(), "H_hard": t["entropy_hard"].item(),
-               "bpp_est": t["entropy_hard"].item() * cfg.codec.C / 64.0, "sigma": model.quantizer.sigma,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "cpu_seconds": time.process_time() - cpu0}
-        log.append(row)
-        if bar:
-            bar.update(1)
-            bar.set_postfix(psnr=f"{row['psnr']:.2f}", bpp=f"{row['bpp_est']:.3f}")
-        out_of_time = cfg.max_minutes > 0 and time.time() - started > 60 * cfg.max_minutes
-        if step % cfg.ckpt_every == 0 or step == end or out_of_time:
-            save_checkpoint(out_dir, step, model, opt, gen, resolved, {"log": log, "elapsed": time.time() - t0})
-            write_log(out_dir, log)
-        if out_of_time:
-            break
+    started, cpu_started, val_cpu = time.time(), time.process_time(), 0.0
+    last_ckpt = started
+    stop = StopSignals()
+
+    def clocks():  # (wall seconds of the whole run, training CPU seconds of the whole run, of this invocation)
+        here = time.process_time() - cpu_started - val_cpu
+        return elapsed + time.time() - started, cpu_total + here, here
+
+    def checkpoint():
+        wall, cpu, _ = clocks()
+        extra = {"elapsed": wall, "cpu_seconds": cpu, "steplog": steplog.flush(), "val_next_cpu": val.next_cpu}
+        save_checkpoint(out_dir, step, model, opt, gen, resolved, extra)
+        try:
+            plot_log(os.path.join(out_dir, "log.csv"), os.path.join(out_dir, "curves.png"))
+        except Exception as e:  # a plot must never kill a training run
+            print(f"plot skipped: {e}")
+
+    reason = None
+    with stop:
+        while step < end:
+            model.quantizer.sigma = sigma_at(cfg, step)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            x = sample_batch(photos, cfg, gen)
+            if nhwc:
+                x = x.contiguous(memory_format=torch.channels_last)
+            t = loss_terms(model, x, cfg.distortion, cfg.msssim_weight, cfg.mse_weight,
+                           train_autocast(precision, device), cfg.rate_scale)
+            opt.zero_grad(set_to_none=True)
+            t["loss"].backward()
+            opt.step()
+            step += 1
+            wall, cpu, cpu_here = clocks()
+            steplog.add(step, {"loss": t["loss"].item(), "mse255": t["mse255"].item(),
+                               "H_soft": t["entropy_soft"].item(), "H_hard": t["entropy_hard"].item(),
+                               "bpp_est": t["entropy_hard"].item() * cfg.codec.C / 64.0},
+                        {"sigma": model.quantizer.sigma, "lr": opt.param_groups[0]["lr"], "seconds": wall,
+                         "cpu_seconds": cpu})
+            if bar:
+                bar.update(1)
+                if steplog.last:
+                    bar.set_postfix(psnr=f"{steplog.last['psnr']:.2f}", bpp=f"{steplog.last['bpp_est']:.3f}")
+            reason = ("signal" if stop.signum else "max_minutes" if cfg.max_minutes and time.time() - started > 60 *
+                      cfg.max_minutes else "max_cpu_seconds" if cfg.max_cpu_seconds and cpu_here > cfg.max_cpu_seconds
+                      else None)
+            if val.due(cpu) or (val.every and (reason in ("max_minutes", "max_cpu_seconds") or step == end)):
+                v0 = time.process_time()
+                val.run(model, step, cpu, wall)
+                val_cpu += time.process_time() - v0
+            timed = cfg.ckpt_minutes > 0 and time.time() - last_ckpt > 60 * cfg.ckpt_minutes
+            if step % cfg.ckpt_every == 0 or step == end or reason or timed:
+                checkpoint()
+                last_ckpt = time.time()
+            if reason:
+                break
     if bar:
         bar.close()
-    result = {"steps": step, "train_seconds": log[-1]["seconds"] if log else 0.0,
-              "train_cpu_seconds": log[-1].get("cpu_seconds", 0.0) if log else 0.0, "device": device,
-              "precision": precision, "finished": step >= cfg.steps}
-    if (install_to or install_as) and step < end:  # stopped by max_minutes: resume before installing
+    wall, cpu, cpu_here = clocks()
+    result = {"steps": step, "train_seconds": wall, "train_cpu_seconds": cpu, "invocation_cpu_seconds": cpu_here,
+              "device": device, "precision": precision, "finished": step >= cfg.steps, "stopped_by": reason}
+    if stop.signum:
+        result["signal"] = stop.signum
+    if (install_to or install_as) and step < end:  # stopped early: resume before installing
         result["installed"] = False
     elif install_to or install_as:
         model = model.to(memory_format=torch.contiguous_format)
@@ -290,21 +348,6 @@ def export_run(out_dir: str, path: str) -> dict:
     return r
 
 
-@torch.no_grad()
-def symbol_counts(model: LatentCodec, photos: list[torch.Tensor], device: str) -> tuple[np.ndarray, float, np.ndarray]:
-    """(per-channel counts, floor fraction, per-(channel, context) counts) over the whole training photos:
-    what `model.update` freezes into the v1 and v2 tables."""
-    from latentstore.codec.entropy.rans_v2 import context_counts
-    model.eval()
-    C, L = model.cfg.C, model.cfg.L
-    hist, ctx = np.zeros((C, L), dtype=np.int64), np.zeros((C, L + 1, L), dtype=np.int64)
-    for img in photos:
-        sym = model.symbols(img.unsqueeze(0).float().to(device) / 255.0)["symbols"].cpu().numpy()
-        hist += np.stack([np.bincount(sym[:, c].ravel(), minlength=L) for c in range(C)])
-        ctx += context_counts(sym, L)
-    return hist, 1e-4, ctx
-
-
 def refit_tables(name: str, max_photos: int = 0) -> str:
     """Refit a shipped codec's v2 tables on the training photos, in place; the weights hash does not change."""
     from latentstore.codec.zoo import codec_file, load_codec_file
@@ -318,41 +361,6 @@ def refit_tables(name: str, max_photos: int = 0) -> str:
                   f"(latentstore_train.codec.refit_tables, {time.strftime('%Y-%m-%d')})"}
     assert save_codec(codec, path) == before, "v2 tables must not change a codec's identity"
     return path
-
-
-def write_log(out_dir: str, log: list[dict]) -> None:
-    if not log:
-        return
-    with open(os.path.join(out_dir, "log.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(log[0]))
-        w.writeheader()
-        w.writerows(log)
-    try:
-        plot_log(log, os.path.join(out_dir, "curves.png"))
-    except Exception as e:  # a plot must never kill a training run
-        print(f"plot skipped: {e}")
-
-
-def plot_log(log: list[dict], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    steps = [r["step"] for r in log]
-    k = max(1, len(log) // 100)
-
-    def smooth(v):
-        return np.convolve(v, np.ones(k) / k, mode="valid")
-
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.5))
-    for a, key, title in zip(ax, ["loss", "bpp_est", "psnr"], ["loss", "bpp (hard entropy estimate)", "PSNR (dB, train crops)"]):
-        v = smooth(np.array([r[key] for r in log]))
-        a.plot(steps[len(steps) - len(v):], v)
-        a.set_title(title)
-        a.set_xlabel("step")
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 if __name__ == "__main__":  # python -m latentstore_train.codec: the same options as `latentstore train codec`

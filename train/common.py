@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -14,6 +15,39 @@ import torch.distributed as dist
 
 from latentstore.data.datasets import dequantize_on
 from latentstore.device import to_channels_last
+from latentstore.errors import StoreError, UsageError
+
+
+class CorruptCount:
+    """Samples a loader skipped as corrupt (skip_corrupt: batch["corrupt"]), counted per epoch and in all. A run
+    fails once one epoch skipped more than cfg.max_corrupt_fraction of its samples: damage stays where it is, so
+    every epoch meets the same corrupt samples, and an epoch is the unit the fraction is measured on."""
+
+    def __init__(self, cfg, epoch_samples: int, what: str = "training"):
+        self.max_fraction = float(getattr(cfg, "max_corrupt_fraction", 0.0))
+        if not 0 <= self.max_fraction <= 1:
+            raise UsageError(f"--max-corrupt-fraction must be in [0, 1] (got {self.max_fraction})")
+        self.epoch_samples, self.what = epoch_samples, what
+        self.epoch = self.total = 0
+
+    def add(self, batch: dict) -> int:
+        """Count a batch's skipped samples (one stderr line each batch that has some); returns how many."""
+        bad = batch.get("corrupt")
+        n = 0 if bad is None else len(bad)
+        if n:
+            self.epoch += n
+            self.total += n
+            errors = batch["corrupt_errors"]
+            print(f"skipped {n} corrupt sample(s) in {self.what} ({self.epoch} this epoch): {errors[0]}",
+                  file=sys.stderr)
+            if self.epoch > self.max_fraction * self.epoch_samples:
+                raise StoreError(f"{self.epoch} of {self.epoch_samples} {self.what} samples of one epoch are corrupt, "
+                                 f"over --max-corrupt-fraction {self.max_fraction:g}; last: {errors[-1]}")
+        return n
+
+    def end_epoch(self) -> int:
+        n, self.epoch = self.epoch, 0
+        return n
 
 
 def init_dist(device: str) -> tuple[int, int, int]:
@@ -125,21 +159,25 @@ def run_epochs(cfg, out_dir: str, model: torch.nn.Module, opt: torch.optim.Optim
 
     model.train()
     epoch_start = time.time()
+    skip = getattr(cfg, "skip_corrupt", False)
+    corrupt = CorruptCount(cfg, loader.epoch_samples())
     while step < total_steps:
         epoch = loader.epoch
         for b in loader:
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step, steps_per_epoch, world)
-            loss = step_loss(b)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if not (corrupt.add(b) and "index" not in b):  # a batch of nothing but corrupt samples: no update
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(cfg, step, steps_per_epoch, world)
+                loss = step_loss(b)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                log.append({"step": step + 1, "epoch": epoch, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+                            "seconds": time.time() - t0, **({"skipped_corrupt": corrupt.epoch} if skip else {})})
+                if bar:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
             step += 1
-            log.append({"step": step, "epoch": epoch, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
-                        "seconds": time.time() - t0})
             if bar:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
             if cfg.ckpt_every and step % cfg.ckpt_every == 0:
                 checkpoint()
             if step >= total_steps:
@@ -148,7 +186,8 @@ def run_epochs(cfg, out_dir: str, model: torch.nn.Module, opt: torch.optim.Optim
             loader.set_epoch(epoch + 1)
         if loader.batches_done == 0:  # the epoch ran to its end
             train_s = time.time() - epoch_start
-            epochs_log.append({"epoch": epoch + 1, "step": step, "epoch_seconds": train_s, **end_epoch(epoch, train_s)})
+            epochs_log.append({"epoch": epoch + 1, "step": step, "epoch_seconds": train_s, **end_epoch(epoch, train_s),
+                               **({"skipped_corrupt": corrupt.end_epoch()} if skip else {})})
             epoch_start = time.time()
             checkpoint()
     if bar:
@@ -156,4 +195,4 @@ def run_epochs(cfg, out_dir: str, model: torch.nn.Module, opt: torch.optim.Optim
     checkpoint()
     if world > 1:
         dist.barrier()
-    return {"steps": step, "epochs": epochs_log, "log": log}
+    return {"steps": step, "epochs": epochs_log, "log": log, **({"skipped_corrupt": corrupt.total} if skip else {})}

@@ -27,7 +27,7 @@ from latentstore.device import autocast_for, resolve_device
 from latentstore.errors import UsageError
 from latentstore.eval.segmentation import IGNORE_INDEX, SegMetric, plot_predictions, write_metrics
 from latentstore.models.deeplab import SEG_ARCHS, build_seg, load_backbone_weights
-from latentstore_train.common import batch_input, init_dist, run_epochs, sgd
+from latentstore_train.common import CorruptCount, batch_input, init_dist, run_epochs, sgd
 
 
 @dataclass
@@ -57,6 +57,8 @@ class SegConfig:
     ckpt_every: int = 0  # also checkpoint every N steps (0: once per epoch)
     max_steps: int = 0  # stop after this many steps in total (0: run all epochs); tests and smoke runs
     device: str = "auto"  # auto | cpu | cuda
+    skip_corrupt: bool = False  # skip (and count) latent samples that fail their checksum or decode, not stop
+    max_corrupt_fraction: float = 0.001  # with --skip-corrupt: fail once one epoch skipped more than this share
 
 
 @dataclass
@@ -89,7 +91,8 @@ def make_data(cfg: SegConfig, path: str, split: str, train: bool) -> SegData:
         return fit_image(load_image(src), size) if "::" not in src and os.path.isfile(src) else None
 
     if cfg.input == "latent":  # LatentMapDataset reads masks per sample, cropped and flipped with the latents
-        ds = LatentMapDataset(path, train=train, crop=crop, output="symbols", seed=cfg.seed)
+        ds = LatentMapDataset(path, train=train, crop=crop, output="symbols", seed=cfg.seed,
+                              skip_corrupt=cfg.skip_corrupt)
         return SegData(ds, names, store.schema.codec["C"], store.centres, lambda i: (original(i), store.decode_rgb(i)))
     images, _, _ = decoded_store(path)
     return SegData(PixelSegDataset(ArrayPairs(images, store_masks(path)), train, crop, cfg.seed), names, 3, None,
@@ -103,11 +106,14 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, loader, centres, device: str, metric: SegMetric) -> dict:
+def evaluate(model, loader, centres, device: str, metric: SegMetric, corrupt: CorruptCount | None = None) -> dict:
+    """mIoU and friends on `loader`; `corrupt` counts the samples it skipped as corrupt (skip_corrupt)."""
     model.eval()
     metric.reset()
     loss = pixels = 0.0
     for b in loader:
+        if corrupt is not None and corrupt.add(b) and "index" not in b:
+            continue
         x = batch_input(b, centres, device)
         y = b["mask"].to(device).long()
         with autocast_for(device):
@@ -116,7 +122,8 @@ def evaluate(model, loader, centres, device: str, metric: SegMetric) -> dict:
         pixels += (y != IGNORE_INDEX).sum().item()
         metric.update(logits, y)
     model.train()
-    return {**metric.compute(), "val_loss": loss / max(pixels, 1)}
+    out = {**metric.compute(), "val_loss": loss / max(pixels, 1)}
+    return {**out, "val_skipped_corrupt": corrupt.end_epoch()} if corrupt is not None else out
 
 
 @torch.no_grad()
@@ -127,6 +134,8 @@ def write_grid(model, data: SegData, cfg: SegConfig, device: str, path: str) -> 
     rows = []
     for i in idx:
         b = collate([data.ds[i]])
+        if "index" not in b:  # skipped as corrupt (skip_corrupt): counted by evaluate, left out of the grid
+            continue
         with autocast_for(device):
             pred = model(batch_input(b, data.centres, device)).float().argmax(1)[0].cpu().numpy()
         image, recon = data.views(i)
@@ -144,6 +153,8 @@ def train(cfg: SegConfig, out_dir: str, progress: bool = True) -> dict:
     if SEG_ARCHS[cfg.model][0].startswith("cresnet") != (cfg.input == "latent"):
         raise UsageError(f"--model {cfg.model} does not read {cfg.input} input: cresnet*d read latents, "
                          f"resnet*d read pixels (recon, rgb)")
+    if cfg.skip_corrupt and cfg.input != "latent":
+        raise UsageError("--skip-corrupt reads latent stores (--input latent); other inputs stop at a corrupt sample")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -178,6 +189,7 @@ def train(cfg: SegConfig, out_dir: str, progress: bool = True) -> dict:
                 "class_names": names, "in_channels": tr.in_channels, "train_samples": len(tr.ds),
                 "val_samples": len(va.ds), "backbone_loaded": backbone}
     result: dict = {}
+    val_corrupt = CorruptCount(cfg, val_loader.epoch_samples(), "validation") if cfg.skip_corrupt else None
 
     def step_loss(b):
         x = batch_input(b, tr.centres, device)
@@ -189,12 +201,13 @@ def train(cfg: SegConfig, out_dir: str, progress: bool = True) -> dict:
         if rank != 0:
             return {}
         result.clear()
-        result.update(evaluate(model, val_loader, va.centres, device, metric))
+        result.update(evaluate(model, val_loader, va.centres, device, metric, val_corrupt))
         write_metrics(result, out_dir, "seg_metrics", {"epoch": epoch + 1, "model": cfg.model, "input": cfg.input,
                                                        "val": cfg.val})
         if cfg.grid:
             write_grid(model, va, cfg, device, os.path.join(out_dir, "predictions.png"))
-        return {"val_loss": result["val_loss"], "miou": result["miou"], "pixel_accuracy": result["pixel_accuracy"]}
+        return {"val_loss": result["val_loss"], "miou": result["miou"], "pixel_accuracy": result["pixel_accuracy"],
+                **({"val_skipped_corrupt": result["val_skipped_corrupt"]} if val_corrupt is not None else {})}
 
     run = run_epochs(cfg, out_dir, model, opt, loader, resolved, step_loss, end_epoch, rank, world, progress,
                      (("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy")), "validation (%)")

@@ -25,4 +25,5 @@ def demo(out_dir):
 
 
 # the verb families register their commands on `main` when imported
-from . import codec_cmds, data_cmds, seg_cmds, serve_cmds, store_cmds, train_cmds, upload_cmds  # noqa: E402,F401
+from . import (codec_cmds, data_cmds, predict_cmds, seg_cmds, serve_cmds, store_cmds, train_cmds,  # noqa: E402,F401
+               upload_cmds)

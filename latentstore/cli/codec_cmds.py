@@ -22,6 +22,20 @@ _TILE_HELP = ("tile side in pixels for large images (0: never tile) [default: LA
 
 
 PNG_LEVEL = 1  # decompress's PNG: zlib's fastest level (the PNG is a lossless copy of what was decoded)
+# decompress's output format follows OUT's suffix: Pillow's format name and its save options
+OUTPUT_FORMATS = {".png": ("PNG", {"compress_level": PNG_LEVEL}), ".jpg": ("JPEG", {"quality": 95}),
+                  ".jpeg": ("JPEG", {"quality": 95}), ".webp": ("WEBP", {"lossless": True}),
+                  ".bmp": ("BMP", {}), ".tif": ("TIFF", {}), ".tiff": ("TIFF", {}), ".ppm": ("PPM", {})}
+
+
+def output_format(path: str) -> tuple[str, dict]:
+    """(Pillow format, save options) for OUT's suffix; an unknown or missing suffix is a usage error, so a .jpg
+    never holds PNG bytes."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in OUTPUT_FORMATS:
+        raise UsageError(f"{path}: unknown image suffix {ext or '(none)'!r}; use one of "
+                         + ", ".join(OUTPUT_FORMATS))
+    return OUTPUT_FORMATS[ext]
 
 
 def check_input_file(path: str, what: str = "input") -> None:
@@ -85,12 +99,14 @@ def compress(image, out, codec, force, tile, precision, quiet):
 @click.option("--quiet", is_flag=True, help="no progress bar (shown for large images that take over a second)")
 @friendly
 def decompress(bitstream, out, codec, force, tile, precision, quiet):
-    """Decode BITSTREAM into an image OUT (PNG), the original's size."""
+    """Decode BITSTREAM into an image OUT, the original's size; OUT's suffix picks the format (.png, .jpg at
+    quality 95, lossless .webp, .bmp, .tif, .ppm)."""
     from ..atomic import TMP_MARK
     from PIL import Image
     from ..codec.api import decompress as _decompress
     check_input_file(bitstream, "bitstream")
     check_output_file(out, force)
+    fmt, save_options = output_format(out)
     check_tile(tile)
     try:
         with open(bitstream, "rb") as f:
@@ -100,8 +116,8 @@ def decompress(bitstream, out, codec, force, tile, precision, quiet):
     rgb = _decompress(data, codec, tile=tile, progress=not quiet, precision=precision)
     tmp = f"{out}{TMP_MARK}{os.getpid()}"  # written whole, then renamed: OUT is never half a PNG
     try:
-        # zlib level 1, not Pillow's 6: 5.3 -> 2.9 s for an 18-Mpx decode, 11% more bytes, the same pixels
-        Image.fromarray(rgb).save(tmp, format="PNG", compress_level=PNG_LEVEL)
+        # PNG at zlib level 1, not Pillow's 6: 5.3 -> 2.9 s for an 18-Mpx decode, 11% more bytes, the same pixels
+        Image.fromarray(rgb).save(tmp, format=fmt, **save_options)
         os.replace(tmp, out)
     except OSError as e:
         if os.path.exists(tmp):
@@ -121,17 +137,15 @@ def codecs(as_json, max_side, measure):
 
     Figures are cached by the codecs' weights hash (~/.cache/latentstore/, or $LATENTSTORE_CACHE) and shipped
     with the weights, so this answers at once; a codec with no figures yet is measured (a few seconds)."""
-    from ..eval.validation import codec_rows
+    from ..eval.validation import codec_rows, format_codec_rows
     if max_side < 0:
         raise UsageError(f"--max-side must be >= 0 (got {max_side})")
     rows = codec_rows(None, max_side, measure=measure)
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
-    click.echo(f"{'name':8} {'C':>3} {'L':>3} {'target':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8} {'photos':>6}  source")
-    for r in rows:
-        click.echo(f"{r['name']:8} {r['C']:>3} {r['L']:>3} {r['target_bpp']:>7.3f} {r['bpp']:>7.4f} "
-                   f"{r['psnr']:>7.2f} {r['msssim']:>8.4f} {r['n_photos']:>6}  {r['source']} ({r.get('measured', '?')})")
+    for line in format_codec_rows(rows) if rows else []:
+        click.echo(line)
     if not rows:
         click.echo("no codecs installed (latentstore/weights/ is empty)")
 
@@ -145,7 +159,8 @@ def eval_group():
 @click.argument("photos", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="where the CSVs and plot go")
 @click.option("--codec", "codec_names", multiple=True, help="codecs to evaluate (default: all shipped)")
-@click.option("--max-side", default=512, show_default=True, help="downscale photos to this shorter side (0: as they are)")
+@click.option("--max-side", default=512, show_default=True,
+              help="downscale photos whose shorter side is longer than this (0: full size); the scale is printed")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="where the codecs and MS-SSIM run")
 @friendly
@@ -156,6 +171,7 @@ def eval_rd(photos, out_dir, codec_names, max_side, device):
     from ..codec.zoo import available_codecs, load_codec
     from ..device import resolve_device
     from ..eval import rd
+    from ..data.photos import resize_shorter
     from ..eval.validation import load_photos
     if max_side < 0:
         raise UsageError(f"--max-side must be >= 0 (got {max_side})")
@@ -169,11 +185,15 @@ def eval_rd(photos, out_dir, codec_names, max_side, device):
         raise UsageError("no codecs to evaluate (none shipped; pass --codec FILE)")
     for n in names:
         load_codec(n)  # unknown names fail here, before any work
-    items = load_photos(photos, max_side)
-    if not items:
+    originals = load_photos(photos, 0)
+    if not originals:
         raise UsageError("no photos: pass PHOTOS, or install the validation photo packages (see README)")
+    items = [(n, resize_shorter(a, max_side) if max_side else a) for n, a in originals]
+    scale = rd.scale_note(originals, items, max_side)
+    del originals  # full-size photos are tens of MB each
+    click.echo(scale)
     bar = tqdm(total=len(items), desc="rd", unit="photo")
-    summary = rd.run(items, names, out_dir, progress=lambda _: bar.update(1), device=device)
+    summary = rd.run(items, names, out_dir, progress=lambda _: bar.update(1), device=device, scale=scale)
     bar.close()
     click.echo(rd.format_summary(summary))
     click.echo(f"wrote {out_dir}/rd_points.csv, rd_summary.csv, rd_curves.png")

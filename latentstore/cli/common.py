@@ -120,3 +120,16 @@ def dataclass_options(load_cls, skip: tuple = (), choices: dict | None = None):
         fn.__click_params__.append(_DeferredOptions(lambda: dataclass_option_list(load_cls(), skip, choices)))
         return fn
     return deco
+
+
+def deferred_choice_option(*decls: str, choices, **kw):
+    """One click option whose choices come from `choices()` (a function importing a heavy module) when the
+    command's parameters are first read: a name added to that module is accepted without editing the CLI.
+    The command must be made with cls=LazyOptionsCommand."""
+    def deco(fn):
+        if not hasattr(fn, "__click_params__"):
+            fn.__click_params__ = []
+        fn.__click_params__.append(_DeferredOptions(
+            lambda: [click.Option(list(decls), type=click.Choice(list(choices())), **kw)]))
+        return fn
+    return deco

@@ -11,6 +11,9 @@ from . import main
 from .codec_cmds import _PRECISION_HELP
 from .common import friendly
 
+_KEY_FILE_HELP = ("seal the schema with an HMAC-SHA256 under the key in this private file (0600, >= 16 bytes); "
+                  "default: $LATENTSTORE_SEAL_KEY, if set")
+
 
 @main.command()
 @click.argument("src", type=click.Path())
@@ -34,10 +37,11 @@ from .common import friendly
               help="v2: interleaved rANS with context tables fitted to this store; v1: per-channel ANS")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None,
               help=_PRECISION_HELP + "; a resumed store keeps the arithmetic it records")
+@click.option("--key-file", type=click.Path(), default=None, help=_KEY_FILE_HELP)
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @friendly
 def convert(src, dst, codec, fmt, size, native, device, batch_size, shard_size, resume, num_shards, shard_id,
-            max_file_mb, split, bitstream, precision, quiet):
+            max_file_mb, split, bitstream, precision, key_file, quiet):
     """Convert an image dataset SRC into a latent store DST."""
     from ..codec.zoo import DEFAULT_CODEC
     from ..convert.pipeline import ConvertOptions, convert as _convert
@@ -55,17 +59,22 @@ def convert(src, dst, codec, fmt, size, native, device, batch_size, shard_size, 
                           batch_size=batch_size, shard_size=shard_size, resume=resume, num_shards=num_shards,
                           shard_id=shard_id, max_file_mb=max_file_mb, bitstream=bitstream, precision=precision,
                           progress=not quiet)
-    click.echo(_convert(src, dst, opts).describe())
+    from ..store.sealkey import sealing_with
+    with sealing_with(key_file):
+        click.echo(_convert(src, dst, opts).describe())
 
 
 @main.command()
 @click.argument("dst", type=click.Path())
+@click.option("--key-file", type=click.Path(), default=None, help=_KEY_FILE_HELP)
 @friendly
-def merge(dst):
+def merge(dst, key_file):
     """Commit a rank-sharded conversion: check every shard is written, then write the complete schema."""
     from ..convert.pipeline import merge as _merge
     from ..store.info import format_info, info
-    _merge(dst)
+    from ..store.sealkey import sealing_with
+    with sealing_with(key_file):
+        _merge(dst)
     click.echo(format_info(info(dst)))
 
 
@@ -85,18 +94,27 @@ def info_cmd(store, as_json):
         click.echo(format_info(d))
 
 
-@main.command()
+@main.command(epilog="Threat model: the plain seal (sha256) catches accidents; the keyed seal (--key-file or "
+                     "$LATENTSTORE_SEAL_KEY, an HMAC-SHA256) catches an editor, who cannot reseal an edit without "
+                     "the key.")
 @click.argument("store", type=click.Path())
+@click.option("--strict", is_flag=True,
+              help="also fail what could not be verified: an old schema (v1), missing checksums, an unlisted store")
+@click.option("--key-file", type=click.Path(), default=None,
+              help="check the schema's keyed seal with the key in this private file (default: "
+                   "$LATENTSTORE_SEAL_KEY, if set); a store without a keyed seal fails")
 @friendly
-def verify(store):
-    """Re-read every byte, check every checksum, decode every sample."""
+def verify(store, strict, key_file):
+    """Re-read every byte, check every checksum and the schema against the disk, decode every sample."""
     from tqdm import tqdm
 
     from ..store.schema import read_schema
+    from ..store.sealkey import sealing_with
     from ..store.verify import verify as _verify
-    n = read_schema(store).num_samples
-    with tqdm(total=n, unit="sample", desc="verify", disable=n < 1000) as bar:
-        r = _verify(store, progress=bar.update)
+    with sealing_with(key_file) as key:
+        n = read_schema(store).num_samples
+        with tqdm(total=n, unit="sample", desc="verify", disable=n < 1000) as bar:
+            r = _verify(store, progress=bar.update, strict=strict, key=key)
     for note in r["notes"]:
         click.echo(f"note: {note}", err=True)
     for e in r["errors"]:
@@ -124,8 +142,16 @@ def decode(store, out_dir, indices):
         raise UsageError(f"--index {bad[0]} is out of range (the store has {len(s)} samples)")
     os.makedirs(out_dir, exist_ok=True)
     for i in tqdm(idx, unit="img", desc="decode", disable=len(idx) < 20):
-        save_png(s.decode_rgb(i), os.path.join(out_dir, f"{i:07d}.png"))
+        save_png(s.decode_rgb(i), os.path.join(out_dir, decoded_name(i, s.meta(i).get("source", ""))))
     click.echo(f"wrote {len(idx)} PNGs to {out_dir}")
+
+
+def decoded_name(slot: int, source: str) -> str:
+    """'0000012-cat_01.png': the slot (unique, sorts like the store) and the source's stem (what a user knows)."""
+    import re
+    stem = os.path.splitext(os.path.basename(str(source or "")))[0]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:80]
+    return f"{slot:07d}-{stem}.png" if stem else f"{slot:07d}.png"
 
 
 @main.command()
@@ -133,11 +159,14 @@ def decode(store, out_dir, indices):
 @click.argument("dst", type=click.Path())
 @click.option("--bitstream", type=click.Choice(["v1", "v2"]), default="v2", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default=None, help="[default: SRC's]")
+@click.option("--key-file", type=click.Path(), default=None, help=_KEY_FILE_HELP)
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @friendly
-def recode(src, dst, bitstream, fmt, quiet):
+def recode(src, dst, bitstream, fmt, key_file, quiet):
     """Re-entropy-code store SRC into DST from its symbols alone (no image is re-encoded)."""
     from ..convert.recode import recode as _recode
     from ..store.info import format_info, info
-    _recode(src, dst, bitstream, fmt, progress=not quiet)
+    from ..store.sealkey import sealing_with
+    with sealing_with(key_file):
+        _recode(src, dst, bitstream, fmt, progress=not quiet)
     click.echo(format_info(info(dst)))

@@ -21,13 +21,17 @@ from .common import friendly
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="also write every file's outcome (id, sha256, status, reason) to this JSON file")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--encode", is_flag=True,
+              help="compress each photo here with the store's codec (GET /v1/codec, cached) and send its bitstream")
+@click.option("--tile", type=int, default=None, help="--encode: tile side in pixels for big photos (0: never tile)")
 @friendly
-def upload(src, url, token, concurrency, retries, timeout_s, json_out, quiet):
-    """Upload the images of SRC (a folder, searched recursively, or a `path [label]` list file) to a running
-    `latentstore serve`; print what was uploaded, already stored, rejected and failed. Exit 1 if any failed."""
+def upload(src, url, token, concurrency, retries, timeout_s, json_out, quiet, encode, tile):
+    """Upload the images of SRC to a running `latentstore serve`: a folder (SRC/<class>/<image>: the class
+    folder's name is the label, as `convert` reads it; images directly in SRC go unlabelled) or a `path [label]`
+    list file. Print what was uploaded, already stored, rejected and failed. Exit 1 if any failed."""
     from ..serve.client import UploadOptions, upload as _upload
     summary = _upload(src, UploadOptions(url=url, token=token, concurrency=concurrency, retries=retries,
-                                         timeout_s=timeout_s, progress=not quiet))
+                                         timeout_s=timeout_s, progress=not quiet, encode=encode, tile=tile))
     click.echo(summary.describe())
     if json_out:
         from ..atomic import write_json_atomic

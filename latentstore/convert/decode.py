@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BadImageError
-from ..data.imageio import MAX_PIXELS, MIN_SIDE, clean_reason, decode_image_bytes
+from ..data.imageio import clean_reason, decode_image_bytes, size_problem
 
 DALI_FORMATS = {"JPEG", "PNG"}
 DALI_MODES = {"RGB", "L"}
@@ -54,7 +54,7 @@ def screen(data: bytes, where: str) -> Screened:
     Pillow's parser, which at GPU speeds would cost more cores than decoding); everything else, and every
     reject, is decided by Pillow (screen_pil)."""
     hw = plain_jpeg_size(data)
-    if hw is not None and hw[0] * hw[1] <= MAX_PIXELS and min(hw) >= MIN_SIDE and _has_end_marker("JPEG", data):
+    if hw is not None and size_problem(hw[1], hw[0]) is None and _has_end_marker("JPEG", data):
         return Screened("dali", data=data, size=hw)
     return screen_pil(data, where)
 
@@ -68,10 +68,9 @@ def screen_pil(data: bytes, where: str) -> Screened:
         orientation = im.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
     except Exception as e:
         return Screened("reject", reason=f"not a readable image ({clean_reason(str(e).splitlines()[0]) if str(e) else type(e).__name__})")
-    if w * h > MAX_PIXELS:
-        return Screened("reject", reason=f"{w}x{h} is over the {MAX_PIXELS:,}-pixel limit")
-    if min(w, h) < MIN_SIDE:
-        return Screened("reject", reason=f"{w}x{h} is smaller than {MIN_SIDE} px on a side")
+    problem = size_problem(w, h)
+    if problem:
+        return Screened("reject", reason=problem)
     if not _has_end_marker(fmt, data):
         return Screened("reject", reason=f"truncated {fmt} (no end-of-image marker)")
     if fmt in DALI_FORMATS and mode in DALI_MODES and orientation in (None, 1):

@@ -89,11 +89,16 @@ class ConvertSummary:
         from ..store.info import format_info, info
         s = self
         lines = [f"converted      {s.stored:,} images stored, {s.rejected:,} rejected by this process in {s.wall_s:.1f} s "
-                 f"({s.images_per_s:.1f} img/s); {s.shards_written} shards written, {s.shards_skipped} already done"]
+                 f"({s.images_per_s:.1f} img/s, start-up and table fit included, like the progress bar's); "
+                 f"{s.shards_written} shards written, {s.shards_skipped} already done"]
         if s.policy:
             lines.append(f"encoder        {s.policy}")
         if s.stage_s:
-            lines.append("stages (s)     " + ", ".join(f"{k} {v:.1f}" for k, v in s.stage_s.items()))
+            # the stages run in overlapping threads and the fit re-counts its own decode and encode: busy time per
+            # stage, which adds up to more than the wall time
+            lines.append("stages (s)     " + ", ".join(f"{k} {v:.1f}" for k, v in s.stage_s.items())
+                         + f" (busy time of overlapping threads, not parts of the {s.wall_s:.1f} s; fit includes "
+                           "its own decode and encode)")
         for r in s.rejects[:10]:
             lines.append(f"  rejected     {r['path']}: {r['reason']}")
         if len(s.rejects) > 10:
@@ -181,7 +186,7 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
         if opts.max_shards:
             todo = todo[: opts.max_shards]
         summary = ConvertSummary(dst, shards_skipped=len(mine) - len(todo), policy=enc.policy.describe())
-        _run_shards(listing.items, todo, writer, enc, stage, batch, opts, summary, ready, stats)
+        _run_shards(listing.items, todo, writer, enc, stage, batch, opts, summary, ready, stats, t_start)
         summary.wall_s = time.time() - t_start
         if world == 1 and not opts.max_shards:
             summary.schema = finalize_store(dst)
@@ -251,14 +256,17 @@ def _fit_tables(schema: StoreSchema, items: list[InputItem], enc: Encoder, stage
 
 
 def _run_shards(items: list[InputItem], todo: list[int], writer: StoreWriter, enc: Encoder, stage, batch: int,
-                opts: ConvertOptions, summary: ConvertSummary, ready: dict, stats: dict) -> None:
+                opts: ConvertOptions, summary: ConvertSummary, ready: dict, stats: dict, t_start: float) -> None:
     schema = writer.schema
     plan = [(k, b0 + batch >= len(sl), sl[b0: b0 + batch]) for k in todo for sl in [list(writer.shard_slots(k))]
             for b0 in range(0, len(sl), batch)]
     bar = None
     if opts.progress and plan:
         from tqdm import tqdm
-        bar = tqdm(total=sum(len(p[2]) for p in plan), unit="img", desc="convert", smoothing=0.1)
+        # one clock for the bar and the summary: the average rate since the command started (start-up and the
+        # table fit, whose batches arrive here already encoded, included), so the two rates agree
+        bar = tqdm(total=sum(len(p[2]) for p in plan), unit="img", desc="convert", smoothing=0)
+        bar.start_t = bar.last_print_t = t_start
 
     # -------------------------------------------------------------- reader threads: read, screen, decode
     decoded: queue.Queue = queue.Queue(maxsize=3)

@@ -17,7 +17,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 
-from ..data.imageio import IMAGE_EXTENSIONS, MAX_FILE_BYTES, read_bounded
+from ..data.imageio import IMAGE_EXTENSIONS, MAX_FILE_BYTES, check_regular_file, read_bounded
 from ..data.voc import SPLIT_DIR, is_voc_root, list_voc, resolve_voc_root, voc_class_names
 from ..errors import BadImageError, UsageError
 from ..listfile import read_list_file
@@ -205,6 +205,8 @@ def _list_tars(tars: list[str], open_tar=None) -> InputListing:
     items, classes, notes = [], [], []
     for t in tars:
         try:
+            if open_tar is None:  # tarfile opens by path: a FIFO would hang it, a link to /dev/zero read as empty
+                check_regular_file(t, OSError)
             with (open_tar(t) if open_tar else tarfile.open(t, "r")) as tf:
                 members = [m for m in tf if m.isfile()]
                 cls = {}

@@ -53,6 +53,9 @@ class LatentDataset(Dataset):
 
     A native-size store has one shape per image: batch it with a crop, or batch_size=1.
     Index with an int, or with (index, epoch) from data.datasets.EpochSampler (new augmentation per epoch).
+    Every read is checked: a sample whose bytes fail their checksum, or whose rANS lanes do not decode exactly,
+    raises latentstore.store.backends.CorruptSampleError (a StoreError), one line naming the store, shard and
+    sample; it is never returned as data.
     """
 
     def __init__(self, store: str, output: str = "float", train: bool = False, crop: int | None = None,

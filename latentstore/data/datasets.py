@@ -11,6 +11,9 @@ worker that reads it, and the batches are the same whatever the number of worker
 - `ResumableLoader`: wraps either; `state_dict()` = (epoch, batches done), and
   `load_state_dict` continues the epoch at exactly the next batch.
 Symbols travel as uint8 (4x fewer bytes than fp32); `dequantize_on(device)` makes floats there.
+Every read checks what it reads (store/backends): a corrupt sample raises CorruptSampleError, one line naming
+the store, shard and sample. With skip_corrupt=True it is left out of its batch instead, and the batch says so:
+`batch["corrupt"]` holds the indices left out and `batch["corrupt_errors"]` their errors (training counts them).
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+from ..errors import LatentstoreError
 from ..store import LatentStore, open_store
+from ..store.backends import CorruptSampleError
 
 
 def epoch_indices(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True,
@@ -108,10 +113,11 @@ class LatentMapDataset(Dataset):
     """Random access to a store's samples. Index with an int, or (index, epoch) from EpochSampler."""
 
     def __init__(self, path: str, train: bool = True, crop: int | None = 28, output: str = "symbols",
-                 seed: int = 0, flip: bool = True):
+                 seed: int = 0, flip: bool = True, skip_corrupt: bool = False):
         if output not in ("symbols", "float", "payload"):
             raise ValueError("output must be 'symbols', 'float' or 'payload' (compressed bytes, decoded on the GPU)")
         self.path, self.output, self.seed = path, output, seed
+        self.skip_corrupt = skip_corrupt  # leave corrupt samples out of their batch (marked), instead of raising
         self.augment = LatentAugment(crop, train, flip)
         self._store: LatentStore | None = None
         self.n = len(self.store)
@@ -146,7 +152,23 @@ class LatentMapDataset(Dataset):
 
     def samples(self, indices, epoch: int = 0) -> list[dict]:
         """A batch of samples, decoded in one call where the store allows (Zarr, bitstream v2), and cropped and
-        flipped in one gather where the store has no masks."""
+        flipped in one gather where the store has no masks. A corrupt sample raises CorruptSampleError; with
+        skip_corrupt the batch is read again one sample at a time and each corrupt one becomes a marker
+        {"corrupt": index, "error": its one line} (collate gathers them), at no cost while nothing is corrupt."""
+        try:
+            return self._samples(indices, epoch)
+        except CorruptSampleError:
+            if not self.skip_corrupt:
+                raise
+        out = []
+        for i in indices:
+            try:
+                out += self._samples([i], epoch)
+            except CorruptSampleError as e:
+                out.append({"corrupt": int(i), "error": str(e)})
+        return out
+
+    def _samples(self, indices, epoch: int) -> list[dict]:
         s = self.store
         idx = [int(i) for i in indices]
         labels = s.labels[np.asarray(idx, dtype=np.int64)].tolist()
@@ -202,9 +224,15 @@ class EpochSampler(Sampler):
 
 def collate(samples: list[dict]) -> dict:
     """Stack tensors, tensor-ify ints: works for latent and RGB samples alike. Compressed payloads of different
-    lengths become one uint8 tensor plus (B+1,) offsets: the GPU decoder's input."""
+    lengths become one uint8 tensor plus (B+1,) offsets: the GPU decoder's input. Markers of samples skipped as
+    corrupt become `corrupt` (their indices) and `corrupt_errors`; a batch of nothing but those has no data keys."""
     out = {}
-    for k, v in samples[0].items():
+    bad = [s for s in samples if "corrupt" in s]
+    if bad:
+        samples = [s for s in samples if "corrupt" not in s]
+        out["corrupt"] = torch.tensor([s["corrupt"] for s in bad], dtype=torch.int64)
+        out["corrupt_errors"] = [s["error"] for s in bad]
+    for k, v in (samples[0].items() if samples else ()):
         if k == "payload":
             parts = [s[k] for s in samples]
             out[k] = torch.cat(parts)
@@ -218,8 +246,9 @@ class LatentBatchStream(IterableDataset):
     """Whole batches in the global order; worker w of W builds batches w, w+W, ... (DataLoader batch_size=None)."""
 
     def __init__(self, path: str, batch_size: int, train: bool = True, crop: int | None = 28, output: str = "symbols",
-                 seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True, drop_last: bool = False):
-        self.ds = LatentMapDataset(path, train, crop, output, seed)
+                 seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True, drop_last: bool = False,
+                 skip_corrupt: bool = False):
+        self.ds = LatentMapDataset(path, train, crop, output, seed, skip_corrupt=skip_corrupt)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.shuffle, self.drop_last = shuffle, drop_last
         self.epoch, self.start_batch = 0, 0
@@ -280,6 +309,13 @@ class ResumableLoader:
         return math.ceil(len(epoch_indices(self.sampler.n, 0, 0, self.sampler.rank, self.sampler.world, False))
                          / self.batch_size)
 
+    def epoch_samples(self) -> int:
+        """Samples one epoch reads on this rank (the share the corrupt-sample fraction is measured against)."""
+        if self.stream:
+            d = self.dataset
+            return len(epoch_indices(d.ds.n, 0, d.seed, d.rank, d.world, False))
+        return len(epoch_indices(self.sampler.n, 0, 0, self.sampler.rank, self.sampler.world, False))
+
     def __iter__(self):
         if self.stream:
             self.dataset.set_epoch(self.epoch)
@@ -290,7 +326,14 @@ class ResumableLoader:
             self.sampler.start = self.batches_done * self.batch_size
             loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate,
                                 **self.kw)
-        for batch in loader:
+        it = iter(loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            except LatentstoreError as e:  # from a worker, torch wraps it in its traceback: one line again
+                raise one_line(e) from None
             self.batches_done += 1
             yield batch
         self.epoch, self.batches_done = self.epoch + 1, 0
@@ -300,6 +343,20 @@ class ResumableLoader:
 
     def load_state_dict(self, d: dict) -> None:
         self.epoch, self.batches_done = int(d["epoch"]), int(d["batches_done"])
+
+
+def one_line(e: LatentstoreError) -> LatentstoreError:
+    """Our error as raised in a DataLoader worker: torch re-raises it in the main process with the worker's
+    traceback in its message ("Caught X in DataLoader worker 0. Original Traceback ... pkg.X: message");
+    the same error with its own one line."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    if len(lines) < 2 or not lines[0].startswith("Caught "):
+        return e
+    msg = lines[-1].split(f"{type(e).__name__}: ", 1)[-1]
+    try:
+        return type(e)(msg)
+    except TypeError:
+        return LatentstoreError(msg)
 
 
 def dequantize_on(symbols: torch.Tensor, centres, device, dtype=torch.float32) -> torch.Tensor:

@@ -5,13 +5,15 @@ back to back, their (B+1,) offsets, and each sample's augmentation (y, x, crop h
 from the same seeded generator as the CPU path, so both paths give the same samples. The Triton
 decoder (latentstore_kernels.rans, one lane per program element) writes (B, C, h, w) uint8 symbols on
 the device; crop and flip are one gather; the centres lookup makes the floats the model reads.
+Checks: the workers check each payload's CRC as they read it (store/backends); the decoder here checks every
+lane's final state, and a lane that does not end exactly is a CorruptSampleError naming the store, shard, sample.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..errors import StoreError
+from ..store.backends import CorruptSampleError
 
 
 class DeviceDecoder:
@@ -26,7 +28,7 @@ class DeviceDecoder:
         self.tables = decode_tables(tables)  # prepared once: every batch reuses them
         self.centres = torch.as_tensor(store.centres, device=self.device)
         self.max_lanes = max_lanes  # None: read each batch's largest lane count (one tiny device-to-host copy)
-        self.where = store.path
+        self.store = store  # names a corrupt sample's store, shard and slot
 
     def __call__(self, batch: dict) -> dict:
         from latentstore_kernels.rans import decode_packed
@@ -39,8 +41,9 @@ class DeviceDecoder:
         if bad.numel():  # one sync per batch, only to name the culprit
             i = int(bad[0])
             code, lane = (int(v) for v in err[i])
-            raise StoreError(f"{self.where}: sample {int(batch['index'][i])}: rANS payload is corrupt: "
-                             f"{ERRORS[code]} (lane {lane})")
+            slot = int(self.store.slots[int(batch["index"][i])])
+            raise CorruptSampleError(f"{self.store.backend.sample_where(slot)}: rANS payload is corrupt: "
+                                     f"{ERRORS[code]} (lane {lane})", slot)
         sym = crop_flip(sym, batch["augment"].to(self.device))
         latent = self.centres[sym.long()] if self.output == "float" else sym
         return {"latent": latent, "label": batch["label"].to(self.device, non_blocking=True), "index": batch["index"]}

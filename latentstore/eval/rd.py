@@ -180,8 +180,22 @@ def format_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def scale_note(originals: list[tuple[str, np.ndarray]], scaled: list[tuple[str, np.ndarray]], max_side: int) -> str:
+    """One line saying at what size the photos are measured: rates and quality depend on it."""
+    def sizes(items):
+        sides = sorted((a.shape[1], a.shape[0]) for _, a in items)
+        lo, hi = min(sides, key=lambda s: s[0] * s[1]), max(sides, key=lambda s: s[0] * s[1])
+        return f"{lo[0]}x{lo[1]}" if lo == hi else f"{lo[0]}x{lo[1]} to {hi[0]}x{hi[1]}"
+    n, changed = len(originals), sum(a.shape != b.shape for (_, a), (_, b) in zip(originals, scaled))
+    if not changed:
+        why = "full size (--max-side 0)" if not max_side else f"full size (none has a shorter side over {max_side} px)"
+        return f"scale: {n} photos at {why}, {sizes(scaled)}"
+    return (f"scale: {changed} of {n} photos downscaled to a {max_side}-px shorter side ({sizes(originals)} -> "
+            f"{sizes(scaled)}); --max-side 0 measures them at full size")
+
+
 def run(photos: list[tuple[str, np.ndarray]], codec_names: list[str], out_dir: str, progress=None,
-        device: str | None = None) -> list[dict]:
+        device: str | None = None, scale: str = "") -> list[dict]:
     os.makedirs(out_dir, exist_ok=True)
     pts = evaluate(photos, codec_names, progress, device)
     write_csv(pts, os.path.join(out_dir, "rd_points.csv"))
@@ -191,5 +205,9 @@ def run(photos: list[tuple[str, np.ndarray]], codec_names: list[str], out_dir: s
         w.writeheader()
         w.writerows(summary)
     plot(pts, codec_names, os.path.join(out_dir, "rd_curves.png"),
-         f"Rate-distortion on {len(photos)} photos the codecs never saw (mean per setting)")
+         f"Rate-distortion on {len(photos)} photos the codecs never saw (mean per setting)"
+         + (f"\n{scale}" if scale else ""))
+    if scale:  # beside the CSVs: the figures mean nothing without the size they were measured at
+        with open(os.path.join(out_dir, "rd_scale.txt"), "w") as f:
+            f.write(scale + "\n")
     return summary

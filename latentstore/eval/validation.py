@@ -41,10 +41,12 @@ def load_photos(paths, max_side: int = 512) -> list[tuple[str, np.ndarray]]:
 
 def measure_codecs(names: list, max_side: int = 512, device: str | None = None,
                    photos: list[tuple[str, np.ndarray]] | None = None) -> list[dict]:
-    """Measure codecs (zoo names or codec files) on the validation photos, loaded once for all codecs."""
+    """Measure codecs (zoo names, codec files, or LatentCodec objects, e.g. a training's copy) on the validation
+    photos, loaded once for all codecs."""
     from ..device import resolve_device
     device = resolve_device(device or "auto")  # the GPU when there is one: codecs and MS-SSIM alike
-    codecs = [load_codec(n, device) for n in names]
+    codecs = [load_codec(n, device) if isinstance(n, str) else n for n in names]
+    names = [n if isinstance(n, str) else n.name for n in names]
     photos = load_photos([], max_side) if photos is None else photos
     per = [{"rates": [], "psnr": [], "msssim": []} for _ in codecs]
     for _, rgb in photos:
@@ -134,6 +136,22 @@ def codec_rows(names: list[str] | None = None, max_side: int = 512, measure: boo
             user[cache_key(r["weights_hash"], max_side)] = r
         write_measurements(cache_path(), user)
     return [rows[n] for n in names]
+
+
+def format_codec_rows(rows: list[dict]) -> list[str]:
+    """The `latentstore codecs` table: the bpp each codec delivers (real bytes on the validation photos) first,
+    the paper's target for its operating point beside it, and how far apart they are."""
+    lines = [f"{'name':8} {'C':>3} {'L':>3} {'bpp':>7} {'paper':>6} {'off':>5} {'PSNR':>6} {'MS-SSIM':>8} "
+             f"{'photos':>6}  source"]
+    for r in rows:
+        off = f"{100 * (r['bpp'] / r['target_bpp'] - 1):+.0f}%" if r.get("target_bpp") else ""
+        lines.append(f"{r['name']:8} {r['C']:>3} {r['L']:>3} {r['bpp']:>7.4f} {r['target_bpp']:>6.3f} {off:>5} "
+                     f"{r['psnr']:>6.2f} {r['msssim']:>8.4f} {r['n_photos']:>6}  "
+                     f"{r['source']} ({r.get('measured', '?')})")
+    if rows:
+        lines.append("bpp: delivered (real bytes, mean over the photos); paper: the operating point's target rate "
+                     "(Torfason et al. 2018); off: how far the delivered rate is from it")
+    return lines
 
 
 def write_shipped(max_side: int = 512) -> str:

@@ -6,6 +6,8 @@ number of times; any other 4xx is the server rejecting that file (recorded with 
 401/403 stop the run with one line, since every other file would get the same answer. The server answers only
 once an upload is durable, so "uploaded" here means stored. The same bytes twice are stored once, and the
 answer says so: uploading a folder again reports every file as already stored.
+Labels come from class folders (SRC/<class>/<image>, as `convert` lists them) or a list file's second column.
+With `encode` each photo is compressed here with the store's codec and sent as its bitstream (client_encode.py).
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ class UploadOptions:
     timeout_s: float = 120.0  # one request's connect/read/write limit
     progress: bool = True  # a tqdm bar on stderr
     seed: int | None = None  # the backoff jitter's seed (None: random)
+    encode: bool = False  # compress here with the store's codec (GET /v1/codec) and send bitstreams, not files
+    tile: int | None = None  # --encode: tile side for big photos (None: as `latentstore compress`)
+    codec_cache: str | None = None  # --encode: where fetched codecs are kept (None: client_encode.codec_cache_dir)
 
 
 @dataclass
@@ -60,6 +65,7 @@ class UploadSummary:
     results: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
     bytes_sent: int = 0
+    codec: str = ""  # --encode: the codec the photos were compressed with (RemoteCodec.describe)
 
     def count(self, outcome: str) -> int:
         return sum(r.outcome == outcome for r in self.results)
@@ -74,6 +80,8 @@ class UploadSummary:
                  f"{self.bytes_sent / 1e6:.1f} MB sent): uploaded {self.count('uploaded')}, "
                  f"already stored {self.count('duplicate')} (dedup), rejected {self.count('rejected')}, "
                  f"failed {self.failed}"]
+        if self.codec:
+            lines.append(f"  encoded here with {self.codec}")
         for outcome in ("rejected", "failed"):
             rs = [r for r in self.results if r.outcome == outcome]
             for status, k in sorted(Counter(r.status or 0 for r in rs).items()):
@@ -91,20 +99,29 @@ class _Stop(Exception):
 
 
 def list_upload_sources(src: str) -> list[tuple[str, str | None]]:
-    """(path, label) for every image under a folder (recursive, sorted, no labels), or of a list file
-    (`path [label]` per line, relative paths from the list file's folder)."""
+    """(path, label) for every image of SRC: a folder read as `convert` reads a class tree (SRC/<class>/<image>,
+    searched recursively, the sorted class folders' names are the labels; images directly in SRC, beside class
+    folders or alone, go unlabelled), or a list file (`path [label]` per line, relative paths from its folder).
+    Standard library only (the client starts without torch or zarr): convert/sources.py's _list_tree, which
+    imports the store package, applies the same rules."""
     if not os.path.exists(src):
         raise UsageError(f"{src}: no such file or directory")
-    if os.path.isdir(src):
-        out = []
-        for root, dirs, files in os.walk(src):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            out += [(os.path.join(root, f), None) for f in sorted(files)
-                    if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
-        if not out:
-            raise UsageError(f"{src}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
-        return out
-    return [(p, label) for p, label in read_list_file(src, ("path", "label"))]
+    if not os.path.isdir(src):
+        return [(p, label) for p, label in read_list_file(src, ("path", "label"))]
+    out: list[tuple[str, str | None]] = []
+    for e in sorted(os.listdir(src)):
+        path = os.path.join(src, e)
+        if e.startswith("."):
+            continue
+        if not os.path.isdir(path):
+            out += [(path, None)] if e.lower().endswith(IMAGE_EXTENSIONS) else []
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            out += [(os.path.join(root, f), e) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not out:
+        raise UsageError(f"{src}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    return out
 
 
 def check_url(url: str) -> str:
@@ -116,6 +133,9 @@ def check_url(url: str) -> str:
         raise UsageError(f"--url {url}: not a URL ({e})") from None
     if u.scheme not in ("http", "https") or not u.host:
         raise UsageError(f"--url {url}: expected http://HOST:PORT")
+    if u.path not in ("", "/") or u.query:
+        raise UsageError(f"--url {url}: give the service's base URL, http://HOST:PORT, without a path "
+                         f"(the client adds /v1/images)")
     return url.rstrip("/")
 
 
@@ -148,14 +168,25 @@ def _error_text(resp) -> str:
 
 
 def _upload_one(client, opts: UploadOptions, path: str, label: str | None, rng: random.Random,
-                sent: list) -> FileResult:
+                sent: list, remote=None) -> FileResult:
     import httpx
     try:
         data = read_bounded(path, MAX_FILE_BYTES)
     except BadImageError as e:
         return FileResult(path, "failed", None, str(e))
+    body = {"content": data, "content_type": CONTENT_TYPES.get(os.path.splitext(path)[1].lower(),
+                                                                 "application/octet-stream")}
+    if remote is not None:  # --encode: the bitstream goes instead of the file
+        from .client_encode import encode_photo
+        try:
+            body = encode_photo(remote, data, path, opts.tile)
+        except BadImageError as e:
+            return FileResult(path, "rejected", None, f"not encoded: {e}")
+    files = body.get("files")
+    data = files["file"][1] if files else body["content"]
     sha = hashlib.sha256(data).hexdigest()
-    headers = {"Content-Type": CONTENT_TYPES.get(os.path.splitext(path)[1].lower(), "application/octet-stream")}
+    headers = {} if files else {"Content-Type": body["content_type"]}
+    size = sum(len(f[1]) for f in files.values()) if files else len(data)
     if opts.token:
         headers["Authorization"] = f"Bearer {opts.token}"
     params = {"label": label} if label is not None else None
@@ -163,12 +194,13 @@ def _upload_one(client, opts: UploadOptions, path: str, label: str | None, rng: 
     for attempt in itertools.count():
         wait = min(opts.max_backoff_s, opts.backoff_s * 2 ** attempt) * rng.uniform(0.5, 1.0)
         try:
-            resp = client.post(f"{opts.url}/v1/images", content=data, headers=headers, params=params)
+            resp = client.post(f"{opts.url}/v1/images", headers=headers, params=params,
+                               **({"files": files} if files else {"content": data}))
         except httpx.TransportError as e:  # refused, reset, timed out: the server may be restarting
             status, last = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no answer'}"
         else:
             with sent[1]:
-                sent[0] += len(data)
+                sent[0] += size
             status = resp.status_code
             if 200 <= status < 300:
                 try:
@@ -221,6 +253,12 @@ def upload(src: str, opts: UploadOptions) -> UploadSummary:
     t0 = time.perf_counter()
     with httpx.Client(limits=limits, timeout=opts.timeout_s) as client:
         _check_reachable(client, opts.url)
+        remote = None
+        if opts.encode:
+            from .client_encode import fetch_codec
+            auth = {"Authorization": f"Bearer {opts.token}"} if opts.token else {}
+            remote = fetch_codec(client, opts.url, auth, opts.codec_cache)
+            summary.codec = remote.describe()
         bar = tqdm(total=len(items), unit="img", disable=not opts.progress, desc="upload", dynamic_ncols=True)
 
         def worker(rng: random.Random) -> None:
@@ -230,7 +268,7 @@ def upload(src: str, opts: UploadOptions) -> UploadSummary:
                 if nxt is None:
                     return
                 try:
-                    r = _upload_one(client, opts, nxt[0], nxt[1], rng, sent)
+                    r = _upload_one(client, opts, nxt[0], nxt[1], rng, sent, remote)
                 except _Stop as e:
                     stopped.append(str(e))
                     stop.set()

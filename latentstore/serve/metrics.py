@@ -33,6 +33,10 @@ class ServeMetrics:
         self.uploads = Counter("latentstore_uploads", "Uploads accepted (durable)", ["outcome"], registry=r)
         self.stored_samples = Gauge("latentstore_store_samples", "Samples sealed into the store (sealer process)",
                                     registry=r)
+        self.seal_failures = Counter("latentstore_seal_failures", "Seal rounds that failed (the records stay in the "
+                                     "intake or the journal; the next round retries)", registry=r)
+        self.log_failures = Counter("latentstore_log_write_failures", "Intake log appends that failed (the batch "
+                                    "answered 507)", registry=r)
         self.rejects = Counter("latentstore_rejects", "Requests refused", ["status", "reason"], registry=r)
 
     def on_batch(self, size: int, queue_s: list, compute_s: float) -> None:

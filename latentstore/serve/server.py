@@ -2,30 +2,26 @@
 line and exit 2), or `workers` processes sharing the socket and the store (uvicorn's own supervisor; each
 worker builds the app from LATENTSTORE_SERVE_CONFIG, and the one that takes the sealer lock seals).
 
+Start-up order, so that nothing is created for a start that cannot succeed: every argument and the token file
+are checked (`ServeConfig.check`), then the listening socket is bound (a port in use is one line, exit 2),
+then the service opens or creates the store, then uvicorn serves the socket it was handed.
+Requests are read under header and body deadlines (timeouts.py); each answer is one access-log line (app.py).
+
 SIGTERM or Ctrl-C: uvicorn stops accepting, finishes in-flight requests, then the app's lifespan drains
 the batcher and seals everything; the process exits 0.
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
-import logging
 import os
 import signal
+import socket
 import sys
 
+from ..errors import UsageError
 from .config import ServeConfig
-
-log = logging.getLogger("latentstore.serve")
-
-
-def setup_logging() -> None:
-    if not log.handlers:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s latentstore.serve %(levelname)s %(message)s"))
-        log.addHandler(h)
-        log.setLevel(logging.INFO)
-
 
 def _announce(server_or_sock, host: str) -> None:
     sockets = getattr(server_or_sock, "servers", None)
@@ -37,27 +33,62 @@ def _announce(server_or_sock, host: str) -> None:
     print(f"serving on http://{shown}:{port}", file=sys.stderr, flush=True)
 
 
+def listen_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A socket bound and listening on host:port (port 0: a free one), or UsageError: one line, exit 2.
+    Listening at once holds the port while the models load; connections wait in the backlog meanwhile."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free; a listener not
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        why = {errno.EADDRINUSE: "the port is in use (another server? pick another --port, or 0 for any)",
+               errno.EADDRNOTAVAIL: "not an address of this machine",
+               errno.EACCES: "permission denied (ports below 1024 need privileges)"}.get(e.errno, e.strerror or str(e))
+        raise UsageError(f"cannot listen on {host}:{port}: {why}") from None
+    return sock
+
+
+def uvicorn_config(app, cfg: ServeConfig, **kw):
+    """The uvicorn Config every serving path uses: the read deadlines, no uvicorn access log (app.py writes
+    ours), a 30 s graceful shutdown."""
+    from .timeouts import DeadlineConfig
+    return DeadlineConfig(app, header_timeout_s=cfg.header_timeout_s, body_timeout_s=cfg.body_timeout_s,
+                          host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
+                          timeout_graceful_shutdown=30, lifespan="on", **kw)
+
+
 def _drained_exit(signum, frame):
     raise SystemExit(0)
 
 
 def run_server(cfg: ServeConfig) -> int:
-    import uvicorn
+    from .app import setup_logging
     setup_logging()
     cfg.check()
-    if cfg.workers > 1:
-        return _run_workers(cfg)
+    sock = listen_socket(cfg.host, cfg.port)
+    try:
+        if cfg.workers > 1:
+            return _run_workers(cfg, sock)
+        return _run_one(cfg, sock)
+    finally:
+        sock.close()
+
+
+def _run_one(cfg: ServeConfig, sock: socket.socket) -> int:
+    import uvicorn
+
     from .app import create_app
     from .service import IngestService
     service = IngestService(cfg)
-    service.start()  # errors here are one line (the CLI's `friendly`), before any socket is bound
+    service.start()  # errors here are one line (the CLI's `friendly`)
     try:
         app = create_app(cfg, service)
     except BaseException:
         service.stop()
         raise
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=30, lifespan="on")
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None):
@@ -65,29 +96,24 @@ def run_server(cfg: ServeConfig) -> int:
             if self.started:
                 _announce(self, cfg.host)
 
-    server = _Server(config)
+    server = _Server(uvicorn_config(app, cfg))
     # uvicorn re-raises the signal that stopped it once it has shut down; by then the service has drained and
     # sealed, so SIGTERM ends the process with 0 (uvicorn's own handlers are in place while it runs)
     signal.signal(signal.SIGTERM, _drained_exit)
-    server.run()
-    if not server.started:  # could not bind (port in use): the lifespan never ran, so drain here
+    server.run(sockets=[sock])
+    if not server.started:  # the lifespan never ran, so drain here
         service.stop()
-        from ..errors import UsageError
-        raise UsageError(f"could not listen on {cfg.host}:{cfg.port} (in use, or not an address of this machine)")
+        raise UsageError(f"could not serve on {cfg.host}:{cfg.port}")
     return 0
 
 
-def _run_workers(cfg: ServeConfig) -> int:
-    import uvicorn
+def _run_workers(cfg: ServeConfig, sock: socket.socket) -> int:
     from uvicorn.supervisors import Multiprocess
     os.environ["LATENTSTORE_SERVE_CONFIG"] = json.dumps(dataclasses.asdict(cfg))
-    config = uvicorn.Config("latentstore.serve.app:app_from_env", factory=True, host=cfg.host, port=cfg.port,
-                            workers=cfg.workers, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=30, lifespan="on",
+    config = uvicorn_config("latentstore.serve.app:app_from_env", cfg, factory=True, workers=cfg.workers,
                             # the supervisor SIGKILLs a worker that misses a ping for this long; loading torch
                             # and the models on a busy machine takes far more than uvicorn's default 5 s
                             timeout_worker_healthcheck=120)
-    sock = config.bind_socket()
     _announce(sock, cfg.host)  # each worker answers /readyz once its models are loaded
     Multiprocess(config, sockets=[sock]).run()
     return 0

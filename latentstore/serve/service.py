@@ -5,6 +5,12 @@ An upload: sha256 of its bytes (a known one is answered from the index, stored o
 the store's size (thread pool) -> `batcher.submit` -> encode + classify in a micro-batch -> the batch's
 records appended to the intake log and fsynced (one fsync per batch) -> answered. The sealer (in the one
 process holding `_locks/serve-sealer.lock`) moves records into store shards in the background.
+
+Nothing is answered 200 that is not fsynced. While the disk refuses writes (the last intake append or the
+last seal failed with ENOSPC, EIO or EROFS) uploads are 507 with the reason and `ready_reason()` says why
+/readyz is not ready; the background loop probes the intake with the failed batch's size and retries the
+seal every interval, so both clear by themselves once space returns. An idempotency key is bound to the
+bytes it was first sent with: the same key with other bytes is a 409.
 """
 from __future__ import annotations
 
@@ -25,6 +31,9 @@ from .config import ServeConfig
 from .engine import IngestEngine
 from .index import SearchIndex
 from .metrics import ServeMetrics
+from .health import WriteHealth
+from .native import FullLatent, NativeCoder, read_blobs, stored_fields
+from .pending import PendingUploads, label_note
 from .sealer import Sealer
 from .uploads import Rejected, screen_and_decode
 from .wal import IntakeLog, WalRecord, live_segments
@@ -40,8 +49,9 @@ def image_id(sha: str) -> str:
 
 @dataclass
 class _Job:
-    rgb: object  # (S, S, 3) uint8
+    rgb: object  # what the batch encodes and/or classifies: (S, S, 3) uint8 pixels, or a CheckedLatent
     meta: dict  # what the record will carry, filled in by the batch
+    full: FullLatent | None = None  # a native store: the whole photo's latent (what is stored); None: fixed
 
 
 class IngestService:
@@ -52,11 +62,7 @@ class IngestService:
         self.engine: IngestEngine | None = None
         self.sealer: Sealer | None = None
         self.index: SearchIndex | None = None
-        self._pending: dict[str, dict] = {}  # sha256 -> meta of an accepted upload not yet in the index
-        self._blobs: dict[str, list] = {}  # sha256 -> [symbols, payload] of those
-        self._by_id: dict[str, str] = {}
-        self._by_key: dict[str, str] = {}
-        self._plock = threading.Lock()
+        self.pending = PendingUploads()  # accepted (durable), not yet sealed and indexed: served from memory
         self._stop, self._wake = threading.Event(), threading.Event()
         self._bg: threading.Thread | None = None
         self._lock_f = None
@@ -66,6 +72,7 @@ class IngestService:
         self.admit_limit = cfg.queue + cfg.max_batch  # --queue waiting + one batch running
         self._in_flight = 0
         self._admit_lock = threading.Lock()
+        self.health = WriteHealth(os.path.join(cfg.store, STATE_DIR, "intake"))
 
     # ------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -82,13 +89,17 @@ class IngestService:
         if self.sealer is None:  # another worker seals: wait for it to have created the store
             self._wait_for_store()
         self.engine.bind(self.sealer.writer.schema if self.sealer else init_record(cfg.store))
+        self.native = NativeCoder(self.engine) if self.engine.native else None
         state = os.path.join(cfg.store, STATE_DIR)
         self.index = self.index or SearchIndex(os.path.join(state, "index.sqlite"))
         owner = f"{int(time.time() * 1000):013d}-{os.getpid()}"
         self.intake = IntakeLog(os.path.join(state, "intake"), owner)
         import numpy as np
         self.engine.run([np.zeros((self.engine.side, self.engine.side, 3), np.uint8)])  # warm up
-        self.batcher = DynamicBatcher(self._run_batch, BatcherConfig(cfg.max_batch, cfg.max_delay_ms, cfg.queue),
+        # the batcher's queue holds every admitted upload: admission (queue + max_batch in flight) is the one bound.
+        # A queue of only --queue refused admitted uploads whenever the batcher had not yet taken its batch off it
+        # (or took a short one): a 503 'queue full' for an upload admission had let in
+        self.batcher = DynamicBatcher(self._run_batch, BatcherConfig(cfg.max_batch, cfg.max_delay_ms, self.admit_limit),
                                       on_batch=self.metrics.on_batch)
         self._bg = threading.Thread(target=self._background, name="sealer", daemon=True)
         self._bg.start()
@@ -105,8 +116,9 @@ class IngestService:
         self._lock_f = f
         state = os.path.join(self.cfg.store, STATE_DIR)
         sealer = Sealer(self.cfg.store, self.engine.codec_file,
-                        lambda: self.engine.new_schema(self.cfg.size, self.cfg.shard_size, "uploads"),
-                        state, None, on_sealed=self._on_sealed, metrics=self.metrics)
+                        lambda: self.engine.new_schema(self.cfg.size, self.cfg.shard_size, "uploads", self.cfg.native),
+                        state, None, on_sealed=lambda metas: self.pending.forget([m["sha256"] for m in metas]),
+                        metrics=self.metrics, bitstream=self.engine.bitstream)
         try:
             sealer.open()
         except BaseException:
@@ -115,8 +127,16 @@ class IngestService:
             raise
         self.index = self.index or SearchIndex(os.path.join(state, "index.sqlite"))
         sealer.index = self.index
-        sealer.recover()
-        sealer.seal_once()  # what a killed run left in its intake: stored and searchable before we are ready
+        try:  # what a killed run left in the journal and its intake: stored and searchable before we are ready
+            sealer.recover()
+        except Exception:
+            if sealer.storage_error is None:
+                sealer.close()
+                self._lock_f.close()
+                self._lock_f = None
+                raise
+            log.warning("cannot seal at start (%s); starting not ready, retrying every %.1f s", sealer.last_error,
+                        self.cfg.seal_interval_s)
         self.sealer = sealer
         return True
 
@@ -132,19 +152,28 @@ class IngestService:
         while not self._stop.is_set():
             self._wake.wait(self.cfg.seal_interval_s)
             self._wake.clear()
+            if self._stop.is_set():  # stop() rotates and seals once more itself
+                break
             try:
+                self.health.probe(self.intake)
                 self.intake.rotate()
                 if self.sealer is None:
                     self._try_become_sealer()
                 if self.sealer is not None:
                     self.sealer.seal_once()
-                    self.sealer.last_error = None
                 else:
-                    self._prune_pending()
+                    self.pending.prune(self.index)
+                self.health.round_ok()
             except Exception as e:  # the intake keeps the uploads: the next round retries
-                if self.sealer is not None:
-                    self.sealer.last_error = f"{type(e).__name__}: {e}"
-                log.exception("seal failed (will retry)")
+                self.health.round_failed(e, self.cfg.seal_interval_s)
+
+    def storage_refusal(self) -> Rejected | None:
+        """The 507 an upload gets while the disk refuses writes (health.py), else None."""
+        return self.health.refusal(self.sealer)
+
+    def ready_reason(self) -> str | None:
+        """None when ready (/readyz 200), else one line saying why not."""
+        return self.health.ready_reason(self.ready, self.sealer)
 
     def stop(self) -> None:
         """Drain: refuse new uploads, finish the queued ones, seal everything, release the store."""
@@ -155,13 +184,18 @@ class IngestService:
         self._wake.set()
         if self._bg is not None:
             self._bg.join(60)
-        if getattr(self, "intake", None) is not None:
-            self.intake.close()
+        try:
+            if getattr(self, "intake", None) is not None:
+                self.intake.close()
+            if self.sealer is not None:
+                t0 = time.time()  # other workers stopping too: wait (bounded) for their last segments to close
+                while live_segments(self.sealer.intake_dir) and time.time() - t0 < self.cfg.drain_wait_s:
+                    time.sleep(0.1)
+                self.sealer.seal_once()
+        except Exception as e:  # a full disk at shutdown: the records stay in the log for the next start
+            log.warning("could not seal everything at shutdown (%s); the next start seals it",
+                        (f"{type(e).__name__}: {e}".splitlines() or ["?"])[0])
         if self.sealer is not None:
-            t0 = time.time()  # other workers stopping too: wait (bounded) for their last segments to close
-            while live_segments(self.sealer.intake_dir) and time.time() - t0 < self.cfg.drain_wait_s:
-                time.sleep(0.1)
-            self.sealer.seal_once()
             self.sealer.close()
         if self._lock_f is not None:
             self._lock_f.close()
@@ -169,29 +203,20 @@ class IngestService:
 
     # ------------------------------------------------------------------------------ lookups
     def lookup(self, image_id_: str) -> dict | None:
-        with self._plock:
-            sha = self._by_id.get(image_id_)
-            if sha is not None:
-                return {**self._pending[sha], "sealed": False}
+        m = self.pending.lookup(image_id_)
+        if m is not None:
+            return m
         m = self.index.get(image_id_)
         return {**m, "sealed": True} if m else None
-
-    def _known(self, sha: str, key: str | None) -> dict | None:
-        with self._plock:
-            s = self._by_key.get(key) if key else None
-            s = s or (sha if sha in self._pending else None)
-            if s is not None:
-                return dict(self._pending[s])
-        m = (self.index.by_key(key) if key else None) or self.index.get(image_id(sha))
-        return m
 
     def blobs(self, meta: dict) -> tuple:
         """(symbols (C, h, w) uint8, payload bytes) of an upload, from memory or the store."""
         import numpy as np
-        with self._plock:
-            b = self._blobs.get(meta["sha256"])
+        b = self.pending.blobs_of(meta["sha256"])
         if b is not None:
             return np.frombuffer(b[0], np.uint8).reshape(meta["latent_shape"]).copy(), b[1]
+        if self.native is not None:
+            return read_blobs(self.cfg.store, int(meta["slot"]))
         from ..store.backends import schema_tables
         from ..store.backends.zarr_shards import ShardReader
         from ..store.schema import read_schema
@@ -202,12 +227,7 @@ class IngestService:
 
     def search(self, label: str, min_score: float, limit: int) -> list[dict]:
         hits = self.index.search(label, min_score, limit)
-        seen = {h["id"] for h in hits}
-        with self._plock:
-            for m in self._pending.values():
-                for p in m.get("predictions", []):
-                    if p["label"] == label and p["score"] >= min_score and m["id"] not in seen:
-                        hits.append({"id": m["id"], "label": label, "score": p["score"]})
+        hits += self.pending.search(label, min_score, {h["id"] for h in hits})
         hits.sort(key=lambda h: (-h["score"], h["id"]))
         return hits[:limit]
 
@@ -233,15 +253,20 @@ class IngestService:
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def upload(self, data: bytes, label: str | None, key: str | None, t_start: float) -> dict:
+    async def upload(self, data: bytes, label: str | None, key: str | None, t_start: float, latent: bool = False,
+                     companion: bytes | None = None) -> dict:
         """Admitted at once or 503 (before any hashing or decoding); the slot is held until the answer, or,
-        when the client leaves mid-batch, until its batch finishes."""
+        when the client leaves mid-batch, until its batch finishes. `latent`: `data` is a client's bitstream
+        (checked in full, never decoded to pixels); `companion`: a native store's S x S bitstream for the classifier."""
         if not self.ready:
             raise Rejected(503, "not ready", "not_ready", {"Retry-After": "1"})
+        refusal = self.storage_refusal()
+        if refusal is not None:
+            raise refusal
         self._admit()
         held = [None]  # the batch future once submitted: the slot is released when it is done
         try:
-            return await self._upload(data, label, key, t_start, held)
+            return await self._upload(data, label, key, t_start, held, latent, companion)
         finally:
             fut = held[0]
             if fut is not None and not fut.done():
@@ -249,20 +274,22 @@ class IngestService:
             else:
                 self._release()
 
-    async def _upload(self, data: bytes, label, key, t_start: float, held: list) -> dict:
+    async def _upload(self, data: bytes, label, key, t_start: float, held: list, latent: bool, companion) -> dict:
         loop = asyncio.get_running_loop()
         sha = await loop.run_in_executor(self.pool, lambda: hashlib.sha256(data).hexdigest())
-        known = self._known(sha, key)
+        known = self.pending.known(sha, key, self.index, image_id(sha))
         if known is not None:
             self.metrics.uploads.labels("duplicate").inc()
-            return {**known, "duplicate": True, "timings_ms": {"total": round((time.perf_counter() - t_start) * 1e3, 2)}}
+            return {**known, **label_note(known, label), "duplicate": True, "timings_ms": {"total": round((time.perf_counter() - t_start) * 1e3, 2)}}
         t0 = time.perf_counter()
-        rgb = await loop.run_in_executor(self.pool, self._decode, data)
+        rgb = await loop.run_in_executor(self.pool, self._decode, data, latent, companion)
+        full = rgb[2] if len(rgb) > 2 else None
         t1 = time.perf_counter()
         meta = {"id": image_id(sha), "sha256": sha, "label": label, "key": key, "size": list(rgb[1]),
-                "shape": list(rgb[1]), "source_bytes": len(data), "created": time.time()}
+                "shape": list(rgb[1]), "source_bytes": len(data), "encoded_by": "client" if latent else "server",
+                "created": time.time()}
         try:
-            fut = self.batcher.submit(_Job(rgb[0], meta))
+            fut = self.batcher.submit(_Job(rgb[0], meta, full))
         except QueueFull as e:
             raise Rejected(503, f"busy: {e}; retry later", "queue_full", {"Retry-After": "1"}) from None
         except Draining:
@@ -275,8 +302,16 @@ class IngestService:
                 "timings_ms": {"decode": round((t1 - t0) * 1e3, 2), "queue_and_compute": round((t2 - t1) * 1e3, 2),
                                **out.get("timings_ms", {}), "total": round((t2 - t_start) * 1e3, 2)}}
 
-    def _decode(self, data: bytes):
-        rgb = screen_and_decode(data, self.cfg.max_pixels)
+    def _decode(self, data: bytes, latent: bool = False, companion: bytes | None = None):
+        """The decode pool: (what the batch runs, the image's (H, W)). A client's bitstream is checked in full
+        (latent_ingest), never decoded to pixels; anything refused is a 4xx before a byte of it is stored.
+        A native store: also the whole photo's latent, (..., FullLatent) (serve/native.py)."""
+        if self.native is not None:
+            return self.native.prepare(data, latent, companion, self.cfg.max_pixels)
+        if latent:
+            c = self.engine.check_latent(data, self.cfg.max_pixels)
+            return c, (c.header.H, c.header.W)
+        rgb = screen_and_decode(data, self.cfg.max_pixels, self.engine.side)
         return self.engine.prepare(rgb), rgb.shape[:2]
 
     def _run_batch(self, jobs: list[_Job]) -> list:
@@ -286,60 +321,44 @@ class IngestService:
         t1 = time.perf_counter()
         self.metrics.compute_seconds.observe(t1 - t0)
         side = self.engine.side
-        records, outs, fresh = [], [], {}
-        with self._plock:
+        records, outs, fresh, keys, blobs = [], [], {}, {}, {}
+        with self.pending.lock:
             for j, e in zip(jobs, encoded):
                 m = j.meta
-                dup = fresh.get(m["sha256"]) or self._pending.get(m["sha256"])
-                if dup is not None:  # the same bytes twice in flight: stored once
-                    outs.append({**dup, "duplicate": True})
+                key = m.get("key")
+                conflict = self.pending.conflict(key, m["sha256"], keys)  # the same key, other bytes, both in flight
+                if conflict is not None:
+                    outs.append(conflict)
                     continue
-                m.update({"bytes": e.bitstream_bytes, "bpp": round(8 * e.bitstream_bytes / (side * side), 4),
-                          "latent_shape": list(e.symbols.shape), "stored_size": [side, side],
-                          "predictions": e.predictions})
+                dup = fresh.get(m["sha256"]) or self.pending.meta.get(m["sha256"])
+                if dup is not None:  # the same bytes twice in flight: stored once
+                    outs.append({**dup, **label_note(dup, m.get("label")), "duplicate": True})
+                    continue
+                kept = j.full or e  # what the store keeps: a native store's whole photo, else the S x S latent
+                m.update(stored_fields(j.full) if j.full else
+                         {"bytes": e.bitstream_bytes, "bpp": round(8 * e.bitstream_bytes / (side * side), 4),
+                          "latent_shape": list(e.symbols.shape), "stored_size": [side, side]})
+                m["predictions"] = e.predictions
                 fresh[m["sha256"]] = m
-                records.append(WalRecord(m, [e.symbols.tobytes(), e.payload]))
+                if key:
+                    keys[key] = m["sha256"]
+                blobs[m["sha256"]] = [kept.symbols.tobytes(), kept.payload]  # served from memory until sealed
+                records.append(WalRecord.of_payload(m, kept.payload))
                 outs.append(m)
         try:
             self.intake.append(records)
         except OSError as ex:
-            return [Rejected(507, f"cannot write the log ({ex.strerror or ex})", "log_write")] * len(jobs)
+            self.metrics.log_failures.inc()
+            return [self.health.append_failed(ex, sum(len(r.to_bytes()) for r in records))] * len(jobs)
         t2 = time.perf_counter()
         self.metrics.wal_seconds.observe(t2 - t1)
-        with self._plock:
-            for r in records:
-                sha = r.meta["sha256"]
-                self._pending[sha], self._blobs[sha] = r.meta, r.blobs
-                self._by_id[r.meta["id"]] = sha
-                if r.meta.get("key"):
-                    self._by_key[r.meta["key"]] = sha
+        with self.pending.lock:
+            for m in fresh.values():
+                self.pending.add(m, blobs[m["sha256"]])
         for r in records:
             self.metrics.bytes_stored.inc(r.meta["bytes"])
         self.metrics.uploads.labels("stored").inc(len(records))
         if self.intake.pending >= self.cfg.seal_batch:
             self._wake.set()
         timing = {"compute": round((t1 - t0) * 1e3, 2), "wal_fsync": round((t2 - t1) * 1e3, 2), "batch": len(jobs)}
-        return [{**o, "timings_ms": timing} for o in outs]
-
-    # ------------------------------------------------------------------------------ after a seal
-    def _on_sealed(self, metas: list[dict]) -> None:
-        with self._plock:
-            for m in metas:
-                self._forget(m["sha256"])
-
-    def _forget(self, sha: str) -> None:
-        m = self._pending.pop(sha, None)
-        self._blobs.pop(sha, None)
-        if m is not None:
-            self._by_id.pop(m["id"], None)
-            if m.get("key"):
-                self._by_key.pop(m["key"], None)
-
-    def _prune_pending(self) -> None:
-        """Another process seals: drop what the index now has."""
-        with self._plock:
-            shas = list(self._pending)
-        done = [s for s in shas if self.index.has_sha(s)]
-        with self._plock:
-            for s in done:
-                self._forget(s)
+        return [o if isinstance(o, Exception) else {**o, "timings_ms": timing} for o in outs]

@@ -12,9 +12,19 @@ Two kinds of log use this framing:
 Reading stops at the first record that is incomplete or fails its checksum: that is the torn tail a
 crash mid-append leaves (a record is fsynced before its upload is answered, so a torn record was never
 acknowledged); `repair` truncates it away and says so in one logged line.
+
+Record format 2 carries the payload only: the symbols are the payload decoded with the store's tables, so
+a record is about the payload's size (format 1 also carried the raw symbols, C*h*w bytes: 16 KB of an 18.6 KB
+record at ls-c16, 256 px; issue #30). Format 1 records stay readable (`WalRecord.symbols_bytes`).
+
+A failed append (ENOSPC, EIO, EROFS) leaves the file as it was before it: the bytes written are cut away and,
+when even that fails, the intake segment is abandoned (the next append opens a new one), so no later record
+ever follows a torn one. `FAULTS` lets tests fail any named write point (WRITE_POINTS) the way a full disk,
+a failing device or a read-only remount would.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -24,17 +34,71 @@ import threading
 import zlib
 from dataclasses import dataclass, field
 
+from ..store.append import fsync_path as fsync_dir  # noqa: F401  (the sealer's too)
+
 log = logging.getLogger("latentstore.serve")
 
 MAGIC = b"LSW1"
 FRAME = struct.Struct("<4sII")  # magic, body length, crc32 of the body
 MAX_BODY = 1 << 30  # a length beyond this is damage, not a record
+RECORD_FORMAT = 2  # meta["format"]: 2 = blobs [payload]; absent (1) = blobs [symbols, payload]
+
+# every place the intake log and the sealer write: a test arms one and the next write there fails
+WRITE_POINTS = ("intake.open", "intake.write", "intake.fsync", "intake.rotate",  # the intake (wal.py)
+                "journal.write", "journal.fsync", "journal.dirsync",  # the sealer (sealer.py) ...
+                "seal.marker", "store.grow", "store.shard", "store.finalize", "store.sync", "seal.unmark",
+                "index.add", "intake.delete", "journal.close")
+
+
+class Faults:
+    """Injected write failures at named points, as Postgres and Kafka test their logs. Empty in production."""
+
+    def __init__(self):
+        self.armed: dict[str, list] = {}  # point -> [errno, failures left, write half the bytes first]
+        self.hits: dict[str, int] = {}  # point -> failures injected so far
+
+    def arm(self, point: str, err: int = errno.ENOSPC, times: int = 1, partial: bool = False) -> None:
+        if point not in WRITE_POINTS:
+            raise ValueError(f"unknown write point {point}")
+        self.armed[point] = [err, times, partial]
+
+    def clear(self) -> None:
+        self.armed.clear()
+
+    def check(self, point: str, f=None, data: bytes = b"") -> None:
+        """Raise the armed error at `point` (after writing half of `data` to `f` when armed partial)."""
+        spec = self.armed.get(point)
+        if spec is None or spec[1] <= 0:
+            return
+        spec[1] -= 1
+        self.hits[point] = self.hits.get(point, 0) + 1
+        if spec[2] and f is not None and data:
+            f.write(data[: len(data) // 2])  # a torn write: what a disk that fills mid-record leaves
+            f.flush()
+        raise OSError(spec[0], f"{os.strerror(spec[0])} (injected at {point})")
+
+
+FAULTS = Faults()
 
 
 @dataclass
 class WalRecord:
     meta: dict  # sha256, id, label, key, size, source_bytes, latent_shape, predictions, created (+ slot in the journal)
-    blobs: list = field(default_factory=list)  # [symbols (C*h*w uint8 bytes), payload (entropy-coded)]
+    blobs: list = field(default_factory=list)  # [payload (entropy-coded)]; format 1: [symbols, payload]
+    symbols: object = None  # (C, h, w) uint8 once decoded (sealer), kept so a shard rewrite decodes it once
+
+    @classmethod
+    def of_payload(cls, meta: dict, payload: bytes) -> "WalRecord":
+        return cls({**meta, "format": RECORD_FORMAT}, [payload])
+
+    @property
+    def payload(self) -> bytes:
+        return self.blobs[-1]
+
+    @property
+    def symbols_bytes(self) -> bytes | None:
+        """The raw symbols a format-1 record carries; None in format 2 (decode the payload)."""
+        return self.blobs[0] if len(self.blobs) == 2 else None
 
     def to_bytes(self) -> bytes:
         j = json.dumps({**self.meta, "blobs": [len(b) for b in self.blobs]}, sort_keys=True,
@@ -50,7 +114,7 @@ class WalRecord:
         for ln in meta.pop("blobs"):
             blobs.append(body[off: off + ln])
             off += ln
-        if off != len(body):
+        if off != len(body) or len(blobs) != (1 if meta.get("format") == RECORD_FORMAT else 2):
             raise ValueError("blob lengths do not add up")
         return cls(meta, blobs)
 
@@ -93,19 +157,45 @@ def repair(path: str) -> list[WalRecord]:
     return records
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def append_durably(f, records: list[WalRecord], point: str) -> None:
+    """Append records to an open binary file (opened "ab"; written through its descriptor, never buffered)
+    and fsync: on return they survive a crash. On a failure the file is cut back to its size before and the
+    OSError raised; if even that fails, the OSError carries `torn = True`: nothing may be appended to this
+    file again before `repair` has cut the torn tail."""
+    data = b"".join(r.to_bytes() for r in records)
+    fd = f.fileno()
+    start = os.fstat(fd).st_size
     try:
+        FAULTS.check(f"{point}.write", _FdWriter(fd), data)
+        _write_all(fd, data)
+        FAULTS.check(f"{point}.fsync")
         os.fsync(fd)
-    finally:
-        os.close(fd)
+    except OSError as e:
+        try:  # a record after a torn one would be dropped with it: no torn bytes may stay in front of the next
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        except OSError:
+            e.torn = True
+        raise
 
 
-def append_durably(f, records: list[WalRecord]) -> None:
-    """Write records to an open binary file and fsync: on return they survive a crash."""
-    f.write(b"".join(r.to_bytes() for r in records))
-    f.flush()
-    os.fsync(f.fileno())
+class _FdWriter:
+    """What FAULTS.check writes a torn half through."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, data: bytes) -> None:
+        _write_all(self.fd, data)
+
+    def flush(self) -> None:
+        pass
 
 
 class IntakeLog:
@@ -123,40 +213,75 @@ class IntakeLog:
     def _open(self) -> None:
         self._seq += 1
         self._path = os.path.join(self.dir, f"{self.owner}-{self._seq:08d}.open")
-        self._f = open(self._path, "ab")
-        fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while this process writes it
-        fsync_dir(self.dir)
-        self._count = 0
+        f = open(self._path, "ab")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while this process writes it
+            FAULTS.check("intake.open")
+            fsync_dir(self.dir)
+        except OSError:
+            f.close()  # an empty segment, unlocked: the sealer takes it as orphaned and deletes it
+            raise
+        self._f, self._count = f, 0
 
     def append(self, records: list[WalRecord]) -> None:
-        """Durable on return (one fsync for the whole batch: group commit)."""
+        """Durable on return (one fsync for the whole batch: group commit). On OSError nothing of the batch
+        stays in the log, or, when the write could not be cut back, the segment is abandoned (closed and
+        unlocked: the sealer takes its good records and drops the torn tail) and the next append opens a new one."""
         if not records:
             return
         with self._lock:
             if self._f is None:
                 self._open()
-            append_durably(self._f, records)
+            try:
+                append_durably(self._f, records, "intake")
+            except OSError as e:
+                if getattr(e, "torn", False):
+                    f, self._f = self._f, None
+                    f.close()
+                raise
             self._count += len(records)
+
+    def probe(self, nbytes: int) -> None:
+        """Write and fsync `nbytes` in the intake folder, then remove them: OSError while the disk cannot take
+        them (how a service finds that space has come back without risking an upload)."""
+        path = os.path.join(self.dir, f"{self.owner}.probe")
+        try:
+            with open(path, "wb") as f:
+                _write_all(f.fileno(), b"\0" * max(1, nbytes))
+                os.fsync(f.fileno())
+        finally:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
 
     @property
     def pending(self) -> int:
         return self._count
 
     def rotate(self) -> str | None:
-        """Close the current segment for the sealer (renamed .log); None when nothing was written."""
+        """Close the current segment for the sealer (renamed .log); None when nothing was written. On OSError
+        the segment stays this process's open one."""
         with self._lock:
             if self._f is None:
                 return None
-            f, path = self._f, self._path
-            self._f = None
-            closed = path[: -len(".open")] + ".log"
-            os.replace(path, closed)  # renamed while still locked: no other process takes it as orphaned
-            fsync_dir(self.dir)
+            closed = self._path[: -len(".open")] + ".log"
+            FAULTS.check("intake.rotate")
+            os.replace(self._path, closed)  # renamed while still locked: no other process takes it as orphaned
+            f, self._f = self._f, None
             f.close()
+            fsync_dir(self.dir)
             return closed
 
     def close(self) -> None:
-        self.rotate()
+        """Rotate the segment for the sealer; when even that fails, close it unrenamed (its flock released,
+        the sealer takes it as orphaned)."""
+        try:
+            self.rotate()
+        finally:
+            f, self._f = self._f, None
+            if f is not None:
+                f.close()
 
 
 def _held(path: str) -> bool | None:

@@ -16,9 +16,11 @@ import os
 import socket
 import time
 
-from ..errors import UsageError
+from ..data.imageio import read_bounded
+from ..errors import StoreError, UsageError
 
 LOCK_DIR = "_locks"
+MAX_LOCK_BYTES = 64 << 10  # a lock holds a few fields
 
 
 def _stale_after_s() -> float:
@@ -73,9 +75,12 @@ class WriterLock:
     @staticmethod
     def _read_live(p: str) -> dict | None:
         try:
-            with open(p) as fh:
-                info = json.load(fh)
+            info = json.loads(read_bounded(p, MAX_LOCK_BYTES, StoreError))  # a FIFO or /dev/zero cannot hang us
             age = time.time() - os.path.getmtime(p)
+        except StoreError as e:
+            if os.path.exists(p) and not os.path.isfile(p):  # a special file is no lock, and no writer's: say so
+                raise StoreError(f"{str(e)}; remove it") from None
+            return None  # vanished (or over the limit: not a lock we wrote)
         except (OSError, ValueError):
             return None  # vanished, or half-written by a writer killed at that moment: not a live lock
         if not isinstance(info, dict):

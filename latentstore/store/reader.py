@@ -2,6 +2,9 @@
 
 `open_store(path)` returns a LatentStore with random access by sample index (valid samples only, in
 slot order), whatever the layout: the layout's own knowledge sits in its backend (store/backends/).
+Every read checks what it reads (symbols, read_batch, payloads, decode_rgb): a sample whose bytes fail their
+checksum, or whose rANS lanes do not end exactly, raises CorruptSampleError (a StoreError, exit 1), one line
+naming the store, shard and sample; it is never returned as data.
 """
 from __future__ import annotations
 
@@ -50,7 +53,8 @@ class LatentStore:
         return self.backend.bitstream(int(self.slots[i]))
 
     def symbols(self, i: int, checked: bool = False) -> np.ndarray:
-        """(C, h, w) uint8 symbols of sample i. checked=True reads through the checksummed path."""
+        """(C, h, w) uint8 symbols of sample i, checked. checked=True: through zarr itself where the layout has a
+        faster reader of its own (verify's second opinion)."""
         return self.backend.symbols(int(self.slots[i]), checked)
 
     def read_batch(self, indices) -> np.ndarray:
@@ -94,7 +98,10 @@ class LatentStore:
         """The codec embedded in the store (its weights hash is checked against the schema)."""
         from ..codec.zoo import load_codec_file
         from .remote import location_for
-        c = load_codec_file(location_for(self.path).local_copy(CODEC_FILE))
+        from ..data.imageio import check_regular_file
+        path = location_for(self.path).local_copy(CODEC_FILE)
+        check_regular_file(path, StoreError)  # a FIFO or a link to /dev/zero would hang safetensors' read
+        c = load_codec_file(path)
         if c.hash != self.schema.codec["weights_hash"]:
             raise StoreError(f"{self.path}: embedded codec's hash {c.hash} differs from the schema's")
         return c
@@ -108,9 +115,22 @@ class LatentStore:
         return int(H), int(W)
 
     def decode_rgb(self, i: int) -> np.ndarray:
-        """Reconstructed pixels of sample i at the stored resolution (native: the original size)."""
+        """Reconstructed pixels of sample i at the stored resolution (native: the original size). The symbols are
+        checked as every read checks them; a native sample's size (from the store's metadata) must also be the
+        one its bitstream header carries."""
         from ..codec.api import symbols_to_rgb
-        return symbols_to_rgb(self.codec, self.symbols(i), self.stored_size(i))
+        sym, size = self.symbols(i), self.stored_size(i)
+        if self.mode == "native":
+            data = self.bitstream(i)
+            if data is not None:
+                from ..codec import bitstream as bs
+                from .backends import CorruptSampleError
+                header = bs.unpack(data)[0]
+                if (header.H, header.W) != size:
+                    slot = int(self.slots[i])
+                    raise CorruptSampleError(f"{self.backend.sample_where(slot)}: stored size {size[0]}x{size[1]} "
+                                             f"differs from its bitstream's {header.H}x{header.W} (damaged)", slot)
+        return symbols_to_rgb(self.codec, sym, size)
 
     def __getstate__(self):  # DataLoader workers reopen lazily what they need
         d = dict(self.__dict__)
@@ -119,4 +139,11 @@ class LatentStore:
 
 
 def open_store(path: str, allow_incomplete: bool = False) -> LatentStore:
+    """The store at `path` (a folder or an object-store URL). A local store whose seal by `latentstore serve` was
+    cut short by a kill is refused in one line saying that `serve` repairs it; a seal under way in a live process is
+    waited for (it takes milliseconds). Without a marker this costs one failed open."""
+    from .append import interrupted_seal
+    from .remote.location import is_remote
+    if not is_remote(path) and os.path.isdir(path) and (line := interrupted_seal(path, wait_s=5.0)):
+        raise StoreError(line)
     return LatentStore(path, read_schema(path), allow_incomplete)

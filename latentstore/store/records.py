@@ -7,7 +7,7 @@ import json
 import os
 
 from ..errors import StoreError, UsageError
-from .schema import PARTS_DIR, StoreSchema
+from .schema import MAX_METADATA_BYTES, PARTS_DIR, StoreSchema, read_metadata
 
 INIT_MARKER = "INIT.json"  # in _parts/: written last by the rank that creates the store
 NOTES_FILE = "notes.json"  # in _parts/: conversion notes, folded into the schema by finalize
@@ -27,11 +27,8 @@ def check_seal(record: dict, where: str) -> dict:
 
 
 def read_record(path: str, root: str) -> StoreSchema:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise StoreError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
+    from ..data.imageio import read_bounded
+    data = read_bounded(path, MAX_METADATA_BYTES, StoreError)  # a FIFO or /dev/zero link: one line, no hang
     return parse_record(data, root, os.path.basename(path))
 
 
@@ -87,7 +84,7 @@ def read_parts_at(loc) -> dict[int, dict]:
         if not (f.startswith("shard-") and f.endswith(".json")):
             continue
         try:
-            p = check_seal(json.loads(loc.read(rel)), rel)
+            p = check_seal(json.loads(read_metadata(loc, rel)), rel)
         except (OSError, ValueError) as e:
             raise StoreError(f"{rel}: unreadable commit record ({str(e).splitlines()[0]})") from None
         if not f[6:-5].isdigit() or p.get("shard") != int(f[6:-5]):

@@ -6,11 +6,16 @@ decodes to pixels from the store alone.
 
 Version 2 (this writer) adds `schema_sha256`, a checksum of the schema itself, and checksums of
 every file a reader trusts (codec weights and array metadata included). Version 1 stores are
-still read; `verify` says what their older schema does not cover.
+still read; `verify` says what their older schema does not cover (and `verify --strict` refuses them).
+
+Two seals: `schema_sha256`, a plain checksum anyone can recompute, catches accidents (a damaged or
+half-written schema); `seal_hmac`, an HMAC-SHA256 with a secret key (store/sealkey.py), present when the
+writer was given one, catches an editor: an edited schema cannot be resealed without the key.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -47,19 +52,33 @@ class StoreSchema:
     schema_version: int = SCHEMA_VERSION
     created: str = ""  # ISO date of creation
     latentstore_version: str = ""  # the writer's package version
-    schema_sha256: str = ""  # sha256 of this schema's canonical JSON without this field (v2)
+    schema_sha256: str = ""  # sha256 of this schema's canonical JSON without the two seals (v2)
+    seal_hmac: str = ""  # HMAC-SHA256 of the same JSON under the writer's seal key; "" when written without one
+
+    def _canonical(self) -> bytes:
+        d = asdict(self)
+        d.pop("schema_sha256")
+        d.pop("seal_hmac")  # not in either seal: stores written before keyed seals have no such field
+        return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
     @property
     def num_shards(self) -> int:
         return (self.num_slots + self.shard_size - 1) // self.shard_size
 
     def content_sha256(self) -> str:
-        d = asdict(self)
-        d.pop("schema_sha256")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return hashlib.sha256(self._canonical()).hexdigest()
+
+    def keyed_seal(self, key: bytes) -> str:
+        return hmac.new(key, self._canonical(), hashlib.sha256).hexdigest()
+
+    def seal_matches(self, key: bytes) -> bool:
+        return bool(self.seal_hmac) and hmac.compare_digest(self.seal_hmac, self.keyed_seal(key))
 
     def to_dict(self) -> dict:
-        """The dict written to disk, sealed with its own checksum."""
+        """The dict written to disk, sealed with its own checksum, and with the seal key when the writer has one."""
+        from .sealkey import seal_key
+        key = seal_key()
+        self.seal_hmac = self.keyed_seal(key) if key else ""
         self.schema_sha256 = self.content_sha256()
         return asdict(self)
 
@@ -112,15 +131,40 @@ def detect_kind(path: str) -> str:
     raise StoreError(f"{path}: not a latentstore store (neither zarr.json nor {SCHEMA_FILE})")
 
 
+MAX_METADATA_BYTES = 256 << 20  # a schema, commit record or array metadata file: far above any real one
+                               # (ImageNet's schema is ~5 MB), low enough that /dev/zero cannot exhaust memory
+
+
+def read_metadata(loc, rel: str, limit: int = MAX_METADATA_BYTES) -> bytes:
+    """The bounded read of a store's metadata file (local folder or object-store prefix): a special file (a
+    FIFO, a device, a link to /dev/zero) or one over `limit` is a one-line StoreError; FileNotFoundError when
+    it is absent. Every reader of a schema, commit record or array metadata goes through here."""
+    if loc.local:
+        from ..data.imageio import read_bounded
+        p = loc.path(rel)
+        if not os.path.lexists(p):
+            raise FileNotFoundError(p)
+        return read_bounded(p, limit, StoreError)
+    size = loc.size(rel)
+    if size is None:
+        raise FileNotFoundError(rel)
+    if size > limit:
+        raise StoreError(f"{loc.url}/{rel}: {size:,} bytes is over the {limit:,}-byte metadata limit")
+    data = loc.read(rel)
+    if len(data) > limit:  # replaced since it was sized
+        raise StoreError(f"{loc.url}/{rel}: grew past the {limit:,}-byte metadata limit while being read")
+    return data
+
+
 def read_schema(path: str) -> StoreSchema:
     from .remote import location_for
     kind = detect_kind(path)
     loc = location_for(path)
     try:
         if kind == "zarr":
-            d = json.loads(loc.read("zarr.json")).get("attributes", {}).get("latentstore", {})
+            d = json.loads(read_metadata(loc, "zarr.json")).get("attributes", {}).get("latentstore", {})
         else:
-            d = json.loads(loc.read(SCHEMA_FILE))
+            d = json.loads(read_metadata(loc, SCHEMA_FILE))
     except (OSError, ValueError, AttributeError) as e:
         raise StoreError(f"{path}: unreadable schema ({str(e).splitlines()[0]})") from None
     return StoreSchema.from_dict(d, path)
@@ -133,7 +177,7 @@ def listing_state(loc) -> tuple[bool, bool]:
     ours = any(n.startswith(PARTS_DIR + "/") or n == SCHEMA_FILE for n in names)
     if not ours and "zarr.json" in names:
         try:
-            ours = "latentstore" in json.loads(loc.read("zarr.json")).get("attributes", {})
+            ours = "latentstore" in json.loads(read_metadata(loc, "zarr.json")).get("attributes", {})
         except (ValueError, FileNotFoundError):
             ours = False
     return bool(names), ours

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ from .lock import LOCK_DIR, WriterLock
 from .records import (INIT_MARKER, NOTES_FILE, check_resumable, check_seal, complete_schema,  # noqa: F401
                       parse_record, read_parts_at, read_record, seal)
 from .remote.location import is_remote, location_for
-from .schema import CODEC_FILE, PARTS_DIR, StoreSchema, read_schema
+from .schema import CODEC_FILE, PARTS_DIR, StoreSchema, read_metadata, read_schema
 
 
 
@@ -52,11 +53,26 @@ class Sample:
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+    """sha256 of a regular file, streamed; a FIFO, a device (a link to /dev/zero) or a file that grows while it
+    is read is a one-line StoreError, never a hang. FileNotFoundError when it is absent."""
+    from ..data.imageio import file_kind
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{path}: is {file_kind(st.st_mode)}, not a regular file")
+        h, left = hashlib.sha256(), st.st_size
+        while left > 0:
+            block = os.read(fd, min(1 << 20, left))
+            if not block:
+                break  # truncated while read: the checksum will not match
             h.update(block)
-    return h.hexdigest()
+            left -= len(block)
+        if os.read(fd, 1):
+            raise StoreError(f"{path}: grew while it was being read")
+        return h.hexdigest()
+    finally:
+        os.close(fd)
 
 
 def symbol_counts(samples: list[Sample], C: int, L: int) -> np.ndarray:
@@ -235,9 +251,8 @@ def _half_created_by_us(root: str) -> bool:
     if os.path.exists(os.path.join(root, PARTS_DIR)) or os.path.exists(os.path.join(root, "schema.json")):
         return True
     try:
-        with open(os.path.join(root, "zarr.json")) as f:
-            return "latentstore" in json.load(f).get("attributes", {})
-    except (OSError, ValueError):
+        return "latentstore" in json.loads(read_metadata(location_for(root), "zarr.json")).get("attributes", {})
+    except (OSError, ValueError, AttributeError, StoreError):
         return False
 
 
@@ -253,8 +268,11 @@ def finalize_store(root: str) -> StoreSchema:
     parts = read_parts(root)
     notes = os.path.join(d, NOTES_FILE)
     if os.path.exists(notes):
-        with open(notes) as fh:
-            schema.notes = check_seal(json.load(fh), f"{PARTS_DIR}/{NOTES_FILE}")["notes"]
+        try:
+            record = json.loads(read_metadata(location_for(root), f"{PARTS_DIR}/{NOTES_FILE}"))
+        except ValueError as e:
+            raise StoreError(f"{notes}: unreadable ({str(e).splitlines()[0]})") from None
+        schema.notes = check_seal(record, f"{PARTS_DIR}/{NOTES_FILE}")["notes"]
     complete_schema(schema, parts, root)
     backend_for(root, schema).write_schema(schema)
     return read_schema(root)

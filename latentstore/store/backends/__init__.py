@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...errors import StoreError
 from ..schema import StoreSchema
-from .base import Backend, decode_bitstream, schema_tables, store_coder  # noqa: F401
+from .base import Backend, CorruptSampleError, decode_bitstream, schema_tables, store_coder  # noqa: F401
 from .webdataset import WebDatasetBackend, webdataset_decoder  # noqa: F401
 from .zarr_fixed import ZarrFixedBackend
 from .zarr_native import ZarrNativeBackend

@@ -15,6 +15,16 @@ from ...errors import BitstreamError, StoreError
 from ..schema import StoreSchema
 
 
+class CorruptSampleError(StoreError):
+    """A sample whose bytes fail their checksum, or whose rANS lanes do not decode exactly: never returned as
+    data. The message names the store, the shard and the sample; `slot` is the sample's slot (None when a whole
+    shard is unreadable). Training's `skip_corrupt` skips exactly these; everything else stops a run."""
+
+    def __init__(self, message: str, slot: int | None = None):
+        super().__init__(message)
+        self.slot = slot
+
+
 def store_coder(schema: StoreSchema) -> str:
     """The entropy coder of a store's latents (stores written before bitstream v2 name none: v1's)."""
     return schema.codec.get("coder", "latentstore.ans")
@@ -43,9 +53,15 @@ def schema_tables(schema: StoreSchema, coder_id: str):
     raise StoreError(f"store has no tables for entropy coder {coder_id!r}")
 
 
-def checked_payload(schema: StoreSchema, data: bytes, where: str):
+def _named(where, slot) -> str:
+    """`where` is the name itself, or a function of the slot giving it (built only for an error message: the
+    hot path formats no string)."""
+    return where(slot) if callable(where) else where
+
+
+def checked_payload(schema: StoreSchema, data: bytes, where, slot: int | None = None):
     """A complete bitstream of this store's codec -> (header, coder, tables, payload), its weights hash and CRC
-    checked; StoreError naming `where` otherwise."""
+    checked; CorruptSampleError naming `where` (the store, shard and sample: a string, or slot -> string)."""
     try:
         header, payload = bs.unpack(data)
         if header.weights_hash != schema.codec["weights_hash"]:
@@ -56,16 +72,17 @@ def checked_payload(schema: StoreSchema, data: bytes, where: str):
         bs.check_crc(header, payload, tables)
         return header, coder, tables, payload
     except BitstreamError as e:
-        raise StoreError(f"{where}: {e}") from None
+        raise CorruptSampleError(f"{_named(where, slot)}: {e}", slot) from None
 
 
-def decode_bitstream(schema: StoreSchema, data: bytes, where: str) -> np.ndarray:
-    """A complete bitstream of this store's codec -> (C, h, w) uint8 symbols, or StoreError naming `where`."""
-    header, coder, tables, payload = checked_payload(schema, data, where)
+def decode_bitstream(schema: StoreSchema, data: bytes, where, slot: int | None = None) -> np.ndarray:
+    """A complete bitstream of this store's codec -> (C, h, w) uint8 symbols (every lane checked to end exactly),
+    or CorruptSampleError naming `where`."""
+    header, coder, tables, payload = checked_payload(schema, data, where, slot)
     try:
         return coder.decode(payload, tables, header.shape)
-    except BitstreamError as e:
-        raise StoreError(f"{where}: {e}") from None
+    except (BitstreamError, ValueError) as e:
+        raise CorruptSampleError(f"{_named(where, slot)}: {e}", slot) from None
 
 
 class Backend:
@@ -86,10 +103,12 @@ class Backend:
 
     @property
     def blobs(self):
-        """A remote store's shard cache: whole shards, fetched in parallel, bounded (remote.blobs)."""
+        """A remote store's shard cache: whole shards, fetched in parallel, bounded (remote.blobs), each checked
+        against the schema's sha256 when it is fetched (from the network or the disk cache)."""
         if self._blobs is None:
-            from ..remote.blobs import ShardCache
-            self._blobs = ShardCache(self.loc, self.schema.schema_sha256 or self.schema.inputs_sha256)
+            from .checked_cache import CheckedShardCache
+            self._blobs = CheckedShardCache(self.loc, self.schema.schema_sha256 or self.schema.inputs_sha256,
+                                            checksums=self.schema.checksums, store=self.root)
         return self._blobs
 
     # ---- writing
@@ -131,12 +150,12 @@ class Backend:
 
     def symbols(self, slot: int, checked: bool = False) -> np.ndarray:
         """(C, h, w) uint8. checked=True takes the path that checks every checksum on the way."""
-        return decode_bitstream(self.schema, self.bitstream(slot), self.where(slot))
+        return decode_bitstream(self.schema, self.bitstream(slot), self.sample_where, slot)
 
     def payload(self, slot: int) -> bytes:
-        """The sample's entropy-coded payload without its container (v2: what the GPU decoder reads)."""
-        header, payload = bs.unpack(self.bitstream(slot))
-        return payload
+        """The sample's entropy-coded payload without its container (v2: what the GPU decoder reads), its CRC
+        checked here, on the CPU: the GPU decoder checks the lanes."""
+        return checked_payload(self.schema, self.bitstream(slot), self.sample_where, slot)[3]
 
     def symbols_batch(self, slots) -> np.ndarray | list[np.ndarray]:
         """Symbols of several slots: v2 bitstreams of one shape in one batched decode call (each checked first),
@@ -144,13 +163,13 @@ class Backend:
         slots = [int(s) for s in slots]
         if not slots or store_coder(self.schema) != "latentstore.rans":
             return [self.symbols(s) for s in slots]
-        parts = [checked_payload(self.schema, self.bitstream(s), self.where(s)) for s in slots]
+        parts = [checked_payload(self.schema, self.bitstream(s), self.sample_where, s) for s in slots]
         header, coder, tables, _ = parts[0]
         if any(p[0].shape != header.shape or p[1] is not coder for p in parts):  # native sizes, mixed versions
             return [self.symbols(s) for s in slots]
         try:
             return coder.decode_batch([p[3] for p in parts], tables, header.shape)
-        except BitstreamError:  # a damaged payload: decode one by one, so the error names its sample
+        except (BitstreamError, ValueError):  # a damaged payload: decode one by one, so the error names its sample
             return [self.symbols(s) for s in slots]
 
     def mask(self, slot: int) -> np.ndarray | None:
@@ -172,6 +191,10 @@ class Backend:
     def where(self, slot: int) -> str:
         """A readable name for a sample, for error messages."""
         raise NotImplementedError
+
+    def sample_where(self, slot: int) -> str:
+        """The store, shard and sample, for the one-line error of a read."""
+        return f"{self.root}: {self.where(slot)}"
 
     def file_where(self, rel: str) -> str:
         """A readable name for a store file's shard."""

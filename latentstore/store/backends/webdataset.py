@@ -7,6 +7,10 @@ Members of sample KEY (KEY = s + the 9-digit slot):
     KEY.mask.npy   the class mask (uint8), when the store has masks
 The schema is `schema.json` beside the shards. Shards are indexed once (member offsets) and read
 with positioned reads, so any DataLoader worker can fetch any sample.
+Integrity on every read: a `.latent` carries its own CRC (checked with every lane when it is decoded); the
+index refuses a tar that ends early (a damaged header ends Python's tar walk silently), a member of another
+shard or a repeated one, a `.cls` that disagrees with its `.json` (label, slot), and a count of samples other
+than the schema's. Remote tars are checked whole against the schema's sha256 when fetched (base.blobs).
 """
 from __future__ import annotations
 
@@ -19,15 +23,17 @@ import tarfile
 import numpy as np
 
 from ...atomic import write_bytes_atomic, write_json_atomic
+from ...data.imageio import check_regular_file
 from ...errors import StoreError
 from ..remote.location import join
 from ..schema import StoreSchema, read_schema
-from .base import Backend, decode_bitstream
+from .base import Backend, CorruptSampleError, decode_bitstream
 
 LATENT, CLS, META, MASK = "latent", "cls", "json", "mask.npy"
 SCHEMA_FILE = "schema.json"
 # the most a reader will read of one member: a crafted tar header cannot make it allocate more
 MEMBER_LIMITS = {LATENT: 64 << 20, CLS: 64, META: 1 << 20, MASK: 256 << 20}
+TAR_TAIL_MAX = 20480  # after the last member: two zero blocks, padded to tarfile's 10240-byte records
 _TAR = re.compile(r"^(?P<name>.+)-(?P<k>\d{6})\.tar$")
 
 
@@ -57,7 +63,8 @@ class WebDatasetBackend(Backend):
 
     # ---- file access: a local path, or an object read whole through the shard cache (one GET a shard)
     def _size(self, tar: str) -> int:
-        if self.loc.local:
+        if self.loc.local:  # a FIFO or a link to /dev/zero would hang tarfile and pread: refused in one line
+            check_regular_file(tar, StoreError)
             return os.path.getsize(tar)
         if tar not in self._sizes:
             size = self.loc.size(os.path.basename(tar))
@@ -132,39 +139,71 @@ class WebDatasetBackend(Backend):
         return out
 
     def members(self, tar: str):
-        """(slot, ext, offset, size) of each member, checked against the file's size and MEMBER_LIMITS."""
+        """(slot, ext, offset, size) of each member, checked against the file's size and MEMBER_LIMITS; then the
+        tar's end: Python's tar walk stops at a damaged header without a word, so what follows the last member
+        must be the end-of-archive zeros."""
         size = self._size(tar)
         with self._open_tar(tar) as tf:
             for m in tf:
                 key, _, ext = m.name.partition(".")
                 if ext not in MEMBER_LIMITS or not key[1:].isdigit() or key[0] != "s":
-                    raise StoreError(f"{os.path.basename(tar)}: unexpected member {m.name!r}")
+                    raise StoreError(f"{self.root}: {os.path.basename(tar)}: unexpected member {m.name!r}")
                 if m.size > MEMBER_LIMITS[ext] or m.offset_data + m.size > size:
                     raise StoreError(f"{os.path.basename(tar)}: member {m.name} claims {m.size:,} bytes "
                                      f"({'past the end of the file' if m.offset_data + m.size > size else 'over the limit'})")
                 yield int(key[1:]), ext, m.offset_data, m.size
+            end = tf.offset
+        rest = size - end
+        if rest > TAR_TAIL_MAX or self._pread(tar, end, rest).strip(b"\0"):
+            raise StoreError(f"{self.root}: {os.path.basename(tar)}: damaged tar header at byte {end:,} "
+                             f"({rest:,} bytes after it not read); run latentstore verify")
 
     @property
     def index(self) -> dict:
         """slot -> {"tar", LATENT: (offset, size), META: (offset, size), MASK: (offset, size) | None, "label"}."""
         if self._index is None:
             idx: dict = {}
-            for _, tar in self.shard_files():
+            for k, tar in self.shard_files():
                 try:
                     with self._held(tar):  # a remote tar read once for its whole index, whatever the cache's size
-                        for slot, ext, off, size in self.members(tar):
-                            e = idx.setdefault(slot, {"tar": tar, MASK: None})
-                            if ext == CLS:
-                                e["label"] = _int_label(self._pread(tar, off, size), tar, slot)
-                            else:
-                                e[ext] = (off, size)
+                        self._index_tar(k, tar, idx)
                 except (tarfile.TarError, OSError) as e:
-                    raise StoreError(f"{os.path.basename(tar)}: unreadable tar ({e}); run latentstore verify") from None
-            bad = [s for s, e in idx.items() if LATENT not in e or "label" not in e]
-            if bad:
-                raise StoreError(f"{self.where(bad[0])}: incomplete sample (members missing)")
+                    why = (str(e).splitlines() or [type(e).__name__])[0]
+                    raise StoreError(f"{self.root}: {os.path.basename(tar)}: unreadable tar ({why}); "
+                                     "run latentstore verify") from None
+            if self.schema.complete and len(idx) != self.schema.num_samples:
+                raise StoreError(f"{self.root}: the tars hold {len(idx):,} samples, the schema "
+                                 f"{self.schema.num_samples:,} (a shard is missing or damaged); run latentstore verify")
             self._index = idx
         return self._index
+
+    def _index_tar(self, k: int, tar: str, idx: dict) -> None:
+        """Shard k's members into idx, each sample checked: in its shard, each member once, every member there,
+        and its `.cls` (the label the index keeps) agreeing with its `.json` (one read spans both)."""
+        first = len(idx)
+        for slot, ext, off, size in self.members(tar):
+            e = idx.setdefault(slot, {"tar": tar, MASK: None})
+            name = "cls" if ext == CLS else ext
+            if slot // self.schema.shard_size != k or e["tar"] != tar or e.get(name) is not None:
+                raise CorruptSampleError(f"{self.sample_where(slot)}: member {ext} out of place in "
+                                         f"{os.path.basename(tar)} (damaged tar header)", slot)
+            e[name] = (off, size)
+        for slot in list(idx)[first:]:
+            e = idx[slot]
+            if LATENT not in e or "cls" not in e or META not in e:
+                raise CorruptSampleError(f"{self.sample_where(slot)}: incomplete sample (members missing)", slot)
+            (c_off, c_size), (m_off, m_size) = e.pop("cls"), e[META]
+            span = self._pread(tar, c_off, m_off + m_size - c_off) if c_off < m_off <= c_off + 4096 else None
+            raw_cls = span[:c_size] if span is not None else self._pread(tar, c_off, c_size)
+            raw_meta = span[m_off - c_off:] if span is not None else self._pread(tar, m_off, m_size)
+            e["label"] = _int_label(raw_cls, self.sample_where(slot), slot)
+            try:
+                meta = json.loads(raw_meta)
+                agree = meta.get("label") == e["label"] and meta.get("slot") == slot
+            except (ValueError, AttributeError):
+                agree = False
+            if not agree:
+                raise CorruptSampleError(f"{self.sample_where(slot)}: its .cls and .json disagree (damaged)", slot)
 
     def slots(self) -> np.ndarray:
         return np.array(sorted(self.index), dtype=np.int64)
@@ -174,7 +213,10 @@ class WebDatasetBackend(Backend):
 
     def _member(self, slot: int, ext: str) -> bytes:
         e = self.index[slot]
-        return self._pread(e["tar"], *e[ext])
+        data = self._pread(e["tar"], *e[ext])
+        if len(data) != e[ext][1]:
+            raise CorruptSampleError(f"{self.sample_where(slot)}: {ext} member cut short (the tar shrank)", slot)
+        return data
 
     def bitstream(self, slot: int) -> bytes:
         return self._member(slot, LATENT)
@@ -192,7 +234,13 @@ class WebDatasetBackend(Backend):
         return np.load(io.BytesIO(self._member(slot, MASK)), allow_pickle=False)
 
     def meta(self, slot: int) -> dict:
-        return json.loads(self._member(slot, META))
+        try:
+            meta = json.loads(self._member(slot, META))
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict) or meta.get("slot") != slot:
+            raise CorruptSampleError(f"{self.sample_where(slot)}: unreadable .json member (damaged)", slot)
+        return meta
 
     # ---- verification
     def check(self) -> list[str]:
@@ -236,11 +284,11 @@ class WebDatasetBackend(Backend):
         return n
 
 
-def _int_label(raw: bytes, tar: str, slot: int) -> int:
+def _int_label(raw: bytes, where: str, slot: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise StoreError(f"{os.path.basename(tar)} sample {sample_key(slot)}: label {raw[:20]!r} is not an integer") from None
+        raise CorruptSampleError(f"{where}: label {raw[:20]!r} is not an integer", slot) from None
 
 
 def webdataset_decoder(store_path: str, output: str = "symbols"):

@@ -12,11 +12,12 @@ import os
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from ...atomic import write_json_atomic
 from ...errors import StoreError
-from ..schema import StoreSchema
+from ..remote.location import location_for
+from ..schema import StoreSchema, read_metadata
 from .base import Backend
 
 LABELS, VALID, SIZES, SOURCES = "labels", "valid", "sizes", "sources"
@@ -24,16 +25,18 @@ ATTRS_KEY = "latentstore"
 
 
 def small_array(g, name, shape, dtype, S, fill):
+    """A per-slot array chunked by shard. Numbers: zstd, then a crc32c that zarr checks on every read (a flipped
+    bit in a label is an error, not another label); zarr reads arrays written without it as before."""
     return g.create_array(name, shape=shape, dtype=dtype, chunks=(S,) + tuple(shape[1:]), fill_value=fill,
-                          compressors=[BloscCodec(cname="zstd", clevel=3)] if dtype not in ("str", str) else None)
+                          compressors=[BloscCodec(cname="zstd", clevel=3), Crc32cCodec()]
+                          if dtype not in ("str", str) else None)
 
 
 def write_root_attrs(root: str, schema: StoreSchema) -> None:
     """Write the schema into the root zarr.json atomically (zarr's own attrs update rewrites it too)."""
     path = os.path.join(root, "zarr.json")
     try:
-        with open(path) as f:
-            meta = json.load(f)
+        meta = json.loads(read_metadata(location_for(root), "zarr.json"))  # bounded: a special file is refused
         meta.setdefault("attributes", {})[ATTRS_KEY] = schema.to_dict()
     except (OSError, ValueError, AttributeError) as e:
         raise StoreError(f"{path}: unreadable root metadata ({str(e).splitlines()[0][:120]}); the store is damaged") from None
@@ -63,8 +66,35 @@ class ZarrBackend(Backend):
         if not self.loc.local:
             self.loc.store  # noqa: B018  (refuses, in one line, a process forked after obstore was used)
         if self._g is None:  # a remote store through zarr's own ObjectStore over obstore
+            if self.loc.local:
+                self._refuse_special_files()
             self._g = zarr.open_group(self.root if self.loc.local else self.loc.zarr_store(), mode="r")
         return self._g
+
+    def _refuse_special_files(self) -> None:
+        """zarr opens the files it reads by path and reads them whole: a FIFO among an array's chunks or metadata
+        would hang it, a link to /dev/zero never end. One walk when the group is opened refuses them in one line
+        first (the type comes with the folder listing; only a link costs a stat: ~10 ms for 25,000 files)."""
+        from ...data.imageio import file_kind
+        todo = [os.path.join(self.root, name) for name in self.array_names()]
+        while todo:
+            try:
+                entries = list(os.scandir(todo.pop()))
+            except OSError:  # a missing array: zarr's own error says so
+                continue
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(e.path)
+                    continue
+                try:
+                    regular = e.is_file()  # links followed
+                    mode = 0 if regular else os.stat(e.path).st_mode
+                except OSError:  # a dangling link: zarr's own error (a missing chunk) says what it means
+                    continue
+                if not regular:
+                    rel = os.path.relpath(e.path, self.root).replace(os.sep, "/")
+                    raise StoreError(f"{self.root}: {rel} is {file_kind(mode)}, not a regular file; "
+                                     "run latentstore verify")
 
     # ---- writing
     def create(self) -> None:

@@ -3,7 +3,7 @@
     latents (N, C, S/8, S/8) uint8   sharded (shard_size, C, h, w), one image per inner chunk,
                                      inner codecs [latentstore.rans (v2) or latentstore.ans (v1), crc32c];
                                      v2 shard files are written directly from pre-encoded payloads
-    masks   (N, S, S) uint8          when the store has masks (255 = no label)
+    masks   (N, S, S) uint8          when the store has masks (255 = no label); zstd + crc32c per mask
 plus the per-slot arrays of zarr_common. With latentstore installed, plain `zarr.open` decodes it.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from ...atomic import write_bytes_atomic
 from ...errors import StoreError
 from ..zarr_codec import LatentANSCodec, LatentRansCodec
-from .base import schema_tables, store_coder
+from .base import CorruptSampleError, schema_tables, store_coder
 from .zarr_common import ZarrBackend
 
 LATENTS, MASKS, CENTRES = "latents", "masks", "centres"
@@ -43,7 +43,8 @@ class ZarrFixedBackend(ZarrBackend):
         cen[:] = np.asarray(self.schema.codec["centres"], dtype=np.float32)
         if self.schema.has_masks:
             g.create_array(MASKS, shape=(N, side, side), dtype="uint8", shards=(S, side, side),
-                           chunks=(1, side, side), compressors=[BloscCodec(cname="zstd", clevel=5)], fill_value=255)
+                           chunks=(1, side, side), fill_value=255,  # a crc32c per mask, checked by zarr on reads
+                           compressors=[BloscCodec(cname="zstd", clevel=5), Crc32cCodec()])
 
     def extra_arrays(self) -> tuple:
         return (MASKS,) if self.schema.has_masks else ()
@@ -114,8 +115,19 @@ class ZarrFixedBackend(ZarrBackend):
                                      None if self.loc.local else self.blobs)
 
     def symbols(self, slot: int, checked: bool = False) -> np.ndarray:
+        """Both paths check what they read (CRCs, lanes); checked=True reads through zarr itself (verify's path)."""
         fast = None if checked else self.shard_reader
-        return fast.read(slot) if fast is not None else self.group[LATENTS][slot]
+        return fast.read(slot) if fast is not None else self._through_zarr(slot)
+
+    def _through_zarr(self, slot: int) -> np.ndarray:
+        """zarr checks the index and chunk crc32c and our codec the lanes; whatever it raises names the sample."""
+        try:
+            return self.group[LATENTS][slot]
+        except StoreError:
+            raise
+        except Exception as e:  # zarr raises ValueError for a CRC, our codec ValueError for a lane, others for damage
+            raise CorruptSampleError(f"{self.sample_where(slot)}: does not decode "
+                                     f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})", slot) from None
 
     def payload(self, slot: int) -> bytes:
         fast = self.shard_reader
@@ -128,11 +140,19 @@ class ZarrFixedBackend(ZarrBackend):
         """(B, C, h, w): one positioned read per image, one decode call for the batch."""
         fast = self.shard_reader
         if fast is None:
-            return np.stack([self.group[LATENTS][int(s)] for s in slots])
+            return np.stack([self._through_zarr(int(s)) for s in slots])
         return fast.read_batch(slots)
 
     def mask(self, slot: int) -> np.ndarray | None:
-        return self.group[MASKS][slot] if self.schema.has_masks else None
+        if not self.schema.has_masks:
+            return None
+        try:
+            return self.group[MASKS][slot]
+        except StoreError:
+            raise
+        except Exception as e:  # a mask chunk that fails its crc32c (stores written with one) or does not decompress
+            raise CorruptSampleError(f"{self.sample_where(slot)}: unreadable mask "
+                                     f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})", slot) from None
 
     def __getstate__(self):
         d = super().__getstate__()

@@ -12,6 +12,8 @@ import warnings
 import numpy as np
 import zarr
 
+from ...errors import StoreError
+from .base import CorruptSampleError
 from .zarr_common import ZarrBackend, small_array
 
 BITSTREAMS, SHAPES = "bitstreams", "shapes"
@@ -44,4 +46,12 @@ class ZarrNativeBackend(ZarrBackend):
         g[SHAPES][lo: lo + n] = shapes
 
     def bitstream(self, slot: int) -> bytes:
-        return bytes(self.group[BITSTREAMS][slot: slot + 1][0])
+        """The sample's bitstream (its own CRC is checked when it is decoded); a chunk zarr cannot parse is a
+        CorruptSampleError naming the sample."""
+        try:
+            return bytes(self.group[BITSTREAMS][slot: slot + 1][0])
+        except StoreError:
+            raise
+        except Exception as e:  # numcodecs' vlen-bytes raises ValueError ("corrupt buffer") and others
+            raise CorruptSampleError(f"{self.sample_where(slot)}: unreadable bitstream chunk "
+                                     f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})", slot) from None

@@ -21,7 +21,7 @@ from ...errors import StoreError, UsageError
 from ..lock import LOCK_DIR
 from ..records import (INIT_MARKER, NOTES_FILE, check_resumable, check_seal, complete_schema, parse_record,
                        read_parts_at)
-from ..schema import PARTS_DIR, SCHEMA_FILE, StoreSchema, listing_state as _listing_state, read_schema
+from ..schema import PARTS_DIR, SCHEMA_FILE, StoreSchema, listing_state as _listing_state, read_metadata, read_schema
 from .errors import AlreadyExists
 from .location import location_for, require_writable
 from .lock import RemoteLock
@@ -105,7 +105,7 @@ def open_remote(cls, url: str, schema: StoreSchema, codec_file: str, resume: boo
             if time.time() - t0 > wait_s:
                 raise StoreError(f"{url}: rank 0 has not created the store after {wait_s:.0f} s")
             time.sleep(0.5)
-        existing = parse_record(loc.read(marker), url, os.path.basename(marker))
+        existing = parse_record(read_metadata(loc, marker), url, os.path.basename(marker))
         check_resumable(existing, schema, url)
         _stage_metadata(loc, mirror.stage)
     except BaseException:
@@ -122,7 +122,7 @@ def _stage_metadata(loc, stage: str) -> None:
             path = os.path.join(stage, *rel.split("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
-                f.write(loc.read(rel))
+                f.write(read_metadata(loc, rel))
 
 
 def finalize_remote(url: str) -> StoreSchema:
@@ -130,18 +130,18 @@ def finalize_remote(url: str) -> StoreSchema:
     loc = location_for(url)
     marker = _init_marker()
     try:
-        schema = parse_record(loc.read(marker), url, os.path.basename(marker))
+        schema = parse_record(read_metadata(loc, marker), url, os.path.basename(marker))
     except FileNotFoundError:
         raise StoreError(f"{url}: not a latentstore store being written (no {marker})") from None
     parts = read_parts_at(loc)
     try:
-        schema.notes = check_seal(json.loads(loc.read(f"{PARTS_DIR}/{NOTES_FILE}")), NOTES_FILE)["notes"]
+        schema.notes = check_seal(json.loads(read_metadata(loc, f"{PARTS_DIR}/{NOTES_FILE}")), NOTES_FILE)["notes"]
     except FileNotFoundError:
         pass
     complete_schema(schema, parts, url)
     if schema.kind == "zarr":
         from ..backends.zarr_common import ATTRS_KEY
-        meta = json.loads(loc.read("zarr.json"))
+        meta = json.loads(read_metadata(loc, "zarr.json"))
         meta.setdefault("attributes", {})[ATTRS_KEY] = schema.to_dict()
         loc.put("zarr.json", json.dumps(meta, indent=1, sort_keys=True).encode())
     else:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import tempfile
 from datetime import timedelta
 
-from ...errors import StoreError
+from ...errors import StoreError, UsageError
 from .errors import AlreadyExists, PreconditionFailed, check_credentials, remote_error
 
 # obstore's runtime (tokio) does not survive fork(): a process forked after its parent used obstore hangs
@@ -28,8 +29,22 @@ REMOTE_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "abfss://", "http://", "
 WRITABLE_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "abfss://")
 
 
+# "s3:/data/x.zarr", "s3:data", "gs:/x": a scheme without its "//" is a typo for a URL, never a folder one meant
+_URL_TYPO = re.compile(r"^(s3|gs|az|abfss?|https?):(?!//)", re.IGNORECASE)
+
+
+def check_not_url_typo(path) -> None:
+    """Refuse a path that starts like an object-store URL but is not one: it would otherwise be taken as a local
+    folder called "s3:" (a local tree written, exit 0). Every store path passes through is_remote, so here."""
+    if isinstance(path, str) and _URL_TYPO.match(path):
+        scheme = path.split(":", 1)[0].lower()
+        raise UsageError(f"{path}: looks like a URL but is not one (write {scheme}://bucket/prefix; for a local "
+                         f"folder whose name starts with '{scheme}:', write ./{path})")
+
+
 def is_remote(path) -> bool:
-    """An object-store URL (vs a local path)."""
+    """An object-store URL (vs a local path). A malformed URL ("s3:/x", "s3:x") is a usage error, not a path."""
+    check_not_url_typo(path)
     return isinstance(path, str) and path.lower().startswith(REMOTE_SCHEMES)
 
 

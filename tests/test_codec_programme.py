@@ -1,0 +1,178 @@
+"""The long codec training programme (issue 29): exact resume after a real SIGTERM, a checkpoint pair that does
+not belong together refused in one line, a small ckpt.json with the log in CSV, CPU budgets, validation over
+steps, the round-robin runner, and the corpus manifest."""
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from latentstore_train.codec import recipe_config, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cfg(**kw):
+    return recipe_config("ls-c8", "smoke", **{"steps": 3000, "ckpt_every": 1, "log_every": 1, "seed": 5,
+                                              "device": "cpu", **kw})
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _same_tensors(a, b):
+    ta, tb = load_file(os.path.join(a, "ckpt.safetensors")), load_file(os.path.join(b, "ckpt.safetensors"))
+    return ta.keys() == tb.keys() and all(ta[k].dtype == tb[k].dtype and (ta[k] == tb[k]).all() for k in ta)
+
+
+def test_a_run_killed_by_sigterm_resumes_to_the_same_bits(tmp_path):
+    """A real process gets SIGTERM mid-run: it checkpoints and exits; resumed, it reaches the weights, Adam state
+    and loss curve of a run never interrupted, bit for bit."""
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "latentstore_train.codec", "--name", "ls-c8", "--recipe", "smoke", "--steps", "3000",
+           "--ckpt-every", "1", "--log-every", "1", "--seed", "5", "--device", "cpu", "--quiet", "--out", str(run)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        deadline = time.time() + 180
+        while not (run / "ckpt.json").exists() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err.decode()[-2000:]
+    r = json.loads(out)
+    assert r["stopped_by"] == "signal" and 0 < r["steps"] < 3000
+    stopped = json.load(open(run / "ckpt.json"))["step"]
+    assert stopped == r["steps"]
+    end = stopped + 3
+    train(_cfg(stop_at=end), str(run), progress=False)
+    train(_cfg(stop_at=end), str(tmp_path / "straight"), progress=False)
+    assert _same_tensors(run, tmp_path / "straight")
+    a, b = _rows(run / "log.csv"), _rows(tmp_path / "straight" / "log.csv")
+    assert len(a) == end and [x["loss"] for x in a] == [x["loss"] for x in b]
+
+
+def test_a_mismatched_checkpoint_pair_is_refused_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from latentstore.cli import main
+    from latentstore.errors import LatentstoreError
+    train(_cfg(stop_at=2, ckpt_every=2), str(tmp_path / "a"), progress=False)
+    train(_cfg(stop_at=4, ckpt_every=2), str(tmp_path / "b"), progress=False)
+    meta = json.load(open(tmp_path / "a" / "ckpt.json"))
+    data = open(tmp_path / "a" / "ckpt.safetensors", "rb").read()
+    assert meta["tensors_sha256"] == hashlib.sha256(data).hexdigest()
+    shutil.copy(tmp_path / "b" / "ckpt.safetensors", tmp_path / "a" / "ckpt.safetensors")  # step 4's tensors
+    with pytest.raises(LatentstoreError, match="does not match"):
+        train(_cfg(stop_at=6), str(tmp_path / "a"), progress=False)
+    res = CliRunner().invoke(main, ["train", "codec", "--name", "ls-c8", "--recipe", "smoke", "--steps", "3000",
+                                    "--seed", "5", "--device", "cpu", "--quiet", "--out", str(tmp_path / "a")])
+    assert res.exit_code == 1 and "sha256" in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert json.load(open(tmp_path / "a" / "ckpt.json"))["step"] == 2  # nothing was overwritten
+
+
+def test_ckpt_json_stays_small_and_the_log_is_aggregated_in_csv(tmp_path):
+    train(_cfg(stop_at=6), str(tmp_path / "every"), progress=False)
+    train(_cfg(stop_at=6, log_every=3, ckpt_every=4), str(tmp_path / "agg"), progress=False)
+    meta = json.load(open(tmp_path / "agg" / "ckpt.json"))
+    assert "log" not in meta and os.path.getsize(tmp_path / "agg" / "ckpt.json") < 10_000
+    every, agg = _rows(tmp_path / "every" / "log.csv"), _rows(tmp_path / "agg" / "log.csv")
+    assert [int(r["step"]) for r in agg] == [3, 6]
+    assert float(agg[1]["loss"]) == pytest.approx(sum(float(r["loss"]) for r in every[3:6]) / 3, rel=1e-12)
+    with open(tmp_path / "agg" / "log.csv", "a") as f:  # a row written after the checkpoint, then a kill
+        f.write("9,1,1,1,1,1,1,1,1,1,1\n")
+    train(_cfg(stop_at=9, log_every=3), str(tmp_path / "agg"), progress=False)
+    assert [int(r["step"]) for r in _rows(tmp_path / "agg" / "log.csv")] == [3, 6, 9]
+
+
+def test_a_cpu_budget_stops_after_a_step_checkpointed(tmp_path):
+    r = train(_cfg(max_cpu_seconds=1e-9, ckpt_every=1000), str(tmp_path / "r"), progress=False)
+    assert r["steps"] == 1 and r["stopped_by"] == "max_cpu_seconds" and not r["finished"]
+    meta = json.load(open(tmp_path / "r" / "ckpt.json"))
+    assert meta["step"] == 1 and meta["cpu_seconds"] > 0
+
+
+def test_validation_over_steps_writes_real_rates_and_drops_rows_past_the_checkpoint(tmp_path):
+    res = tmp_path / "results"
+    cfg = _cfg(stop_at=2, val_cpu_minutes=1e-9, results_dir=str(res), ckpt_every=1)
+    train(cfg, str(tmp_path / "r"), progress=False)
+    rows = _rows(tmp_path / "r" / "val.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2] and _rows(res / "ls-c8-val.csv") == rows
+    for r in rows:
+        assert 0 < float(r["bpp"]) and 0 < float(r["msssim"]) <= 1 and float(r["psnr"]) > 5
+    assert (res / "ls-c8-val.png").exists()
+    with open(res / "ls-c8-val.csv", "a") as f:
+        f.write("7,0,0,1,1,1,1,1\n")
+    train(dataclasses.replace(cfg, stop_at=3), str(tmp_path / "r"), progress=False)
+    assert [int(r["step"]) for r in _rows(res / "ls-c8-val.csv")] == [1, 2, 3]
+
+
+def test_recipes_take_per_point_values_and_rate_scale_moves_the_hinge():
+    import torch
+
+    from latentstore_train.codec import RECIPES, compression_loss
+    long = RECIPES["cpu-long"]["rate_scale"]
+    for name in ("ls-c8", "ls-c16", "ls-c32", "ls-c16-msssim"):
+        assert recipe_config(name, "cpu-long").rate_scale == long[name.replace("-msssim", "")]
+    out = {"x_hat": torch.zeros(1, 3, 8, 8), "entropy_soft": torch.tensor(1.2)}
+    x = torch.zeros(1, 3, 8, 8)
+    assert compression_loss(out, x, 600.0, 1.0)["rate_hinge"] > 0 == compression_loss(out, x, 600.0, 1.3)["rate_hinge"]
+
+
+def test_the_programme_runs_points_round_robin_and_reports(tmp_path):
+    from latentstore_train.codec_programme import run_programme
+    root = tmp_path / "programme"
+    done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, rounds=2, results_dir=str(tmp_path / "res"),
+                         points=("ls-c8", "ls-c16"))
+    assert [d["name"] for d in done] == ["ls-c8", "ls-c16", "ls-c8", "ls-c16"]
+    assert [d["steps"] for d in done] == [1, 1, 2, 2]  # each chunk resumed where the last stopped
+    readme = (root / "README.md").read_text()
+    assert "| ls-c8 | 2 | 8 |" in readme and "codec_programme --recipe smoke" in readme
+    manifest = json.load(open(tmp_path / "res" / "corpus.json"))
+    assert manifest["photos"] and manifest["excluded"]
+
+
+def test_a_point_another_worker_holds_is_skipped(tmp_path):
+    from latentstore_train.codec_programme import claim, run_programme
+    root = tmp_path / "programme"
+    with claim(str(root / "ls-c8")) as mine:
+        assert mine
+        with claim(str(root / "ls-c8")) as again:  # a second holder (flock: per open file) is refused
+            assert not again
+        done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, rounds=1, results_dir="",
+                             points=("ls-c8", "ls-c16"))
+    assert [d["name"] for d in done] == ["ls-c16"] and not (root / "ls-c8" / "ckpt.json").exists()
+
+
+def test_the_corpus_manifest_keeps_validation_fixed_and_hashes_every_file():
+    from latentstore.data.photos import VALIDATION
+    from latentstore_train.codec_data import corpus_manifest
+    assert VALIDATION == {"skimage:coffee", "skimage:rocket", "sklearn:flower", "matplotlib:grace_hopper",
+                          "mate:Garden", "mate:Storm", "plasma:Kite", "plasma:Path", "opencv:fruits", "opencv:baboon",
+                          "opencv:home", "opencv:butterfly"}  # the fixed split: more training photos never move it
+    m = corpus_manifest()
+    for r in m["photos"]:
+        assert (r["split"] == "val") == (r["name"] in VALIDATION), r["name"]
+        assert hashlib.sha256(open(r["path"], "rb").read()).hexdigest() == r["sha256"]
+    assert len({r["sha256"] for r in m["photos"]}) == len(m["photos"])  # no file twice
+
+
+def test_the_codecs_table_puts_the_delivered_rate_beside_the_papers():
+    from latentstore.eval.validation import format_codec_rows
+    row = {"name": "ls-c16", "C": 16, "L": 6, "bpp": 0.231, "target_bpp": 0.330, "psnr": 26.5, "msssim": 0.91,
+           "n_photos": 12, "source": "shipped", "measured": "2026-12-06"}
+    head, line, note = format_codec_rows([row])
+    assert head.split()[3:6] == ["bpp", "paper", "off"] and line.split()[3:6] == ["0.2310", "0.330", "-30%"]
+    assert "delivered" in note

@@ -1,0 +1,175 @@
+"""The long codec training programme (issue 29): every operating point, round-robin, in chunks of CPU time.
+
+    setsid nohup nice -n 19 python -m latentstore_train.codec_programme [--recipe cpu-long] [--chunk-cpu-minutes 20]
+        [--workers 2] &
+
+With --workers N, N single-thread processes share the points: each takes the next point no other holds (a
+flock on its folder). Each chunk resumes one point from its checkpoint in train/programme/<point>/ (committed
+to git: a fresh clone continues the run), trains it for `chunk_cpu_minutes` of training CPU time, and stops checkpointed; then the next
+point. One point alone resumes with the same recipe through the CLI:
+`latentstore train codec --name ls-c16 --recipe cpu-long --out train/programme/ls-c16`.
+SIGTERM / SIGINT stop the programme after the current step, checkpointed (kill -STOP / -CONT pause it).
+Validation rows go to benchmarks/results/codec_training/<point>-val.csv|png; train/programme/README.md is
+rewritten after every chunk (steps, CPU-hours, the latest validation).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from latentstore.codec.zoo import OPERATING_POINTS
+from latentstore_train.checkpoint import StopSignals
+from latentstore_train.codec import recipe_config, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.join(REPO, "train", "programme")
+RESULTS = os.path.join(REPO, "benchmarks", "results", "codec_training")
+
+
+def run_programme(root: str = ROOT, recipe: str = "cpu-long", chunk_cpu_minutes: float = 20.0, rounds: int = 0,
+                  results_dir: str = RESULTS, points=tuple(OPERATING_POINTS), **overrides) -> list[dict]:
+    """Round-robin chunks until every point's schedule is done, `rounds` rounds ran (0: no limit) or a signal."""
+    done: list[dict] = []
+    if results_dir:  # the corpus the programme trains on, with hashes, beside its figures
+        from latentstore.atomic import write_json_atomic
+        from latentstore_train.codec_data import corpus_manifest
+        os.makedirs(results_dir, exist_ok=True)
+        write_json_atomic(corpus_manifest(), os.path.join(results_dir, "corpus.json"))
+    write_readme(root, recipe, chunk_cpu_minutes, points)
+    with StopSignals() as stop:
+        k = 0
+        while not stop.signum and (not rounds or k < rounds):
+            finished, busy = True, 0
+            for name in points:
+                run_dir = os.path.join(root, name)
+                with claim(run_dir) as mine:  # another worker of the programme may be training this point
+                    if not mine:
+                        busy += 1
+                        continue
+                    cfg = recipe_config(name, recipe, max_cpu_seconds=60.0 * chunk_cpu_minutes,
+                                        results_dir=results_dir, **overrides)
+                    r = train(cfg, run_dir, progress=False)
+                done.append({"name": name, **r})
+                finished &= r["finished"]
+                write_readme(root, recipe, chunk_cpu_minutes, points)
+                print(json.dumps({"time": time.strftime("%H:%M:%S"), "name": name, **r}), flush=True)
+                if stop.signum or r["stopped_by"] == "signal":
+                    return done
+            if finished and not busy:
+                break
+            if busy == len(points):
+                time.sleep(5)  # every point is being trained by another worker
+            k += 1
+    return done
+
+
+@contextlib.contextmanager
+def claim(run_dir: str):
+    """An exclusive, non-blocking flock on the run folder: True when this process may train the point now.
+    The kernel drops it when the process dies, so a killed worker never leaves a point locked."""
+    os.makedirs(run_dir, exist_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def run_workers(n: int, argv: list[str]) -> int:
+    """n worker processes of this programme (one thread each: 2 threads in one process ran 10x fewer steps per
+    CPU-second on the shared machine, pilots.md), each taking the next point no other worker holds. SIGTERM /
+    SIGINT are passed on to them (each checkpoints and stops)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "latentstore_train.codec_programme", *argv]) for _ in range(n)]
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, forward)
+    return max(p.wait() for p in procs)
+
+
+def point_status(run_dir: str) -> dict:
+    """Steps, CPU-hours and the latest validation of one point's run (empty when it has not started)."""
+    try:
+        with open(os.path.join(run_dir, "ckpt.json")) as f:
+            meta = json.load(f)
+    except OSError:
+        return {}
+    st = {"step": meta["step"], "steps": meta["config"]["steps"], "cpu_hours": meta.get("cpu_seconds", 0.0) / 3600,
+          "wall_hours": meta.get("elapsed", 0.0) / 3600}
+    try:
+        with open(os.path.join(run_dir, "val.csv"), newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows:
+            st["val"] = rows[-1]
+    except OSError:
+        pass
+    return st
+
+
+def write_readme(root: str, recipe: str, chunk: float, points) -> None:
+    lines = ["# The codec training programme (issue 29)", "",
+             "Resumable checkpoints of the long CPU training, one folder per operating point (ckpt.safetensors + "
+             "ckpt.json: weights, Adam, schedule, RNG, crop sampler; log.csv; val.csv). A fresh clone continues the "
+             "run where it stopped.", "", "Resume the whole programme (round-robin, chunks of training CPU time):", "",
+             "```", f"setsid nohup nice -n 19 .venv/bin/python -m latentstore_train.codec_programme --recipe {recipe} "
+             f"--chunk-cpu-minutes {chunk:g} --workers 2 >> train/programme/programme.log 2>&1 &", "```", "",
+             f"or one point: `latentstore train codec --name ls-c16 --recipe {recipe} "
+             "--out train/programme/ls-c16`. "
+             "`setsid` makes the programme a process group (PGID = the first process's pid): pause it with "
+             "`kill -STOP -- -PGID` (and `kill -CONT -- -PGID`); stop it with `kill -- -PGID` (SIGTERM: every worker "
+             "checkpoints first). Before "
+             "committing the files of a running programme, pause it: ckpt.json records the sha256 of "
+             "ckpt.safetensors, and a resume refuses a mismatched pair.", "",
+             f"Status ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); validation: 6 validation photos at "
+             "512 px, "
+             "delivered bpp through the real v2 coder (curves: benchmarks/results/codec_training/<point>-val.png):", "",
+             "| point | step | of | training CPU-hours | wall hours | val bpp | paper bpp | PSNR | MS-SSIM |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in points:
+        st = point_status(os.path.join(root, name))
+        if not st:
+            lines.append(f"| {name} | not started | | | | | {OPERATING_POINTS[name][1]} | | |")
+            continue
+        v = st.get("val", {})
+        fmt = (lambda k, p: f"{float(v[k]):.{p}f}" if k in v else "")
+        lines.append(f"| {name} | {st['step']} | {st['steps']} | {st['cpu_hours']:.2f} | {st['wall_hours']:.2f} | "
+                     f"{fmt('bpp', 3)} | {OPERATING_POINTS[name][1]} | {fmt('psnr', 2)} | {fmt('msssim', 4)} |")
+    os.makedirs(root, exist_ok=True)
+    tmp = os.path.join(root, f"README.md.tmp{os.getpid()}")  # workers write it too
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, os.path.join(root, "README.md"))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="cpu-long")
+    ap.add_argument("--chunk-cpu-minutes", type=float, default=20.0)
+    ap.add_argument("--rounds", type=int, default=0, help="stop after this many rounds (0: until the schedules end)")
+    ap.add_argument("--root", default=ROOT)
+    ap.add_argument("--workers", type=int, default=1, help="worker processes, one point each at a time")
+    a = ap.parse_args(argv)
+    if a.workers > 1:
+        sys.exit(run_workers(a.workers, ["--recipe", a.recipe, "--chunk-cpu-minutes", str(a.chunk_cpu_minutes),
+                                         "--rounds", str(a.rounds), "--root", a.root]))
+    run_programme(a.root, a.recipe, a.chunk_cpu_minutes, a.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""A codec training's record: the step log (CSV, aggregated) and validation over steps (CSV + PNG).
+
+Both survive interruption with the checkpoint they belong to. The step log keeps one row per `every` steps
+(means over the window), appended to log.csv at each checkpoint; the open window's sums ride in ckpt.json, and
+rows past the checkpoint (written just before a kill) are cut on resume, so an interrupted run's log reads as an
+uninterrupted one's. Validation runs on a copy of the model (the training's weights, layout and RNG are left
+untouched, so it cannot change the run): the real v2 coder's bytes with tables fitted on training photos, as an
+export fits them, and PSNR / MS-SSIM of the decoded pixels (latentstore.eval.validation.measure_codecs).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+LOG_KEYS = ("loss", "mse255", "H_soft", "H_hard", "bpp_est")  # per-step values averaged over a window
+
+
+def keep_rows(path: str, keep) -> None:
+    """Rewrite a CSV keeping the header and the rows `keep(index, row)` accepts (nothing to do if it is missing)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        fields = list(rows[0]) if rows else None
+    kept = [r for i, r in enumerate(rows) if keep(i, r)]
+    if fields and len(kept) != len(rows):
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(kept)
+        os.replace(tmp, path)
+
+
+def append_rows(path: str, rows: list[dict]) -> None:
+    if not rows:
+        return
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class StepLog:
+    """Per-window means of the training values, flushed to `path` at checkpoints."""
+
+    def __init__(self, path: str, every: int, state: dict | None = None):
+        self.path, self.every = path, max(1, every)
+        state = state or {}
+        self.sums = state.get("sums") or {k: 0.0 for k in LOG_KEYS}
+        self.n = state.get("n", 0)
+        self.rows = state.get("rows", 0)  # rows in the CSV that belong to the checkpoint
+        self.pending: list[dict] = []
+        self.last: dict = {}
+        keep_rows(path, lambda i, _: i < self.rows)
+
+    def add(self, step: int, values: dict, extra: dict) -> None:
+        for k in LOG_KEYS:
+            self.sums[k] += values[k]
+        self.n += 1
+        if step % self.every == 0:
+            row = {"step": step, **{k: self.sums[k] / self.n for k in LOG_KEYS}}
+            row["psnr"] = 10 * math.log10(255.0 ** 2 / max(row["mse255"], 1e-10))
+            self.pending.append({**row, **extra})
+            self.last = self.pending[-1]
+            self.sums, self.n = {k: 0.0 for k in LOG_KEYS}, 0
+
+    def flush(self) -> dict:
+        """Append the finished windows; returns the state ckpt.json keeps."""
+        append_rows(self.path, self.pending)
+        self.rows += len(self.pending)
+        self.pending = []
+        return {"sums": self.sums, "n": self.n, "rows": self.rows}
+
+
+def table_photos(n: int = 12, side: int = 512) -> list[torch.Tensor]:
+    """The first n training photos at `side`: what validation fits the v2 tables on (never validation photos)."""
+    from latentstore.data.photos import available_photos, resize_shorter
+    return [torch.from_numpy(np.array(resize_shorter(p.load(), side))).permute(2, 0, 1).contiguous()
+            for p in available_photos("train")[:n]]
+
+
+def validation_photos(n: int = 6, side: int = 512) -> list[tuple[str, np.ndarray]]:
+    """A fixed subset of the validation photos (every other one by name), shorter side `side` (eval rd's scale)."""
+    from latentstore.data.photos import available_photos, resize_shorter
+    val = sorted(available_photos("val"), key=lambda p: p.name)
+    return [(p.name, resize_shorter(p.load(), side)) for p in val[::2][:n]]
+
+
+class Validator:
+    """Validation every `every_cpu_minutes` of training CPU time; rows in out_dir/val.csv (and results_dir)."""
+
+    def __init__(self, out_dir: str, name: str, every_cpu_minutes: float, results_dir: str = "",
+                 next_cpu: float | None = None, step: int = 0):
+        self.every = 60.0 * every_cpu_minutes
+        self.next_cpu = self.every if next_cpu is None else next_cpu
+        self.paths = [os.path.join(out_dir, "val.csv")]
+        if results_dir:
+            os.makedirs(results_dir, exist_ok=True)
+            self.paths.append(os.path.join(results_dir, f"{name}-val.csv"))
+        self.name = name
+        self._photos = self._tables = None
+        for p in self.paths:  # rows a killed run wrote after its last checkpoint are not the resumed run's
+            keep_rows(p, lambda _, r: int(r["step"]) <= step)
+
+    def due(self, train_cpu: float) -> bool:
+        return self.every > 0 and train_cpu >= self.next_cpu
+
+    def run(self, model, step: int, train_cpu: float, wall: float) -> dict:
+        from latentstore.eval.validation import measure_codecs
+        from latentstore_train.codec_data import symbol_counts
+        t0 = time.process_time()
+        if self._photos is None:
+            self._photos, self._tables = validation_photos(), table_photos()
+        codec = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).cpu().eval()
+        hist, floor, ctx = symbol_counts(codec, self._tables, "cpu")
+        codec.update(hist, floor, ctx)
+        r = measure_codecs([codec], device="cpu", photos=self._photos)[0]
+        marg = hist / hist.sum(1, keepdims=True)
+        bits = -(marg * np.log2(np.where(marg > 0, marg, 1))).sum()  # marginal entropy, summed over channels
+        row = {"step": step, "cpu_hours": round(train_cpu / 3600, 4), "wall_hours": round(wall / 3600, 4),
+               "bpp": round(r["bpp"], 5), "psnr": round(r["psnr"], 3), "msssim": round(r["msssim"], 5),
+               "bpp_marginal": round(float(bits) / 64.0, 5), "val_cpu_seconds": round(time.process_time() - t0, 2)}
+        for p in self.paths:
+            append_rows(p, [row])
+        self.next_cpu = train_cpu + self.every
+        try:
+            plot_val(self.paths[-1], self.paths[-1][: -len(".csv")] + ".png", self.name)
+        except Exception as e:  # a plot must never kill a training run
+            print(f"plot skipped: {e}")
+        return row
+
+
+def plot_csv(csv_path: str, png_path: str, x_key: str, xlabel: str, panels, title: str = "", style: str = "-") -> None:
+    """One panel per (column, title) of a CSV against column `x_key`."""
+    if not os.path.exists(csv_path):  # no window of the log has closed yet
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    x = [float(r[x_key]) for r in rows]
+    fig, ax = plt.subplots(1, len(panels), figsize=(13, 3.5))
+    for a, (key, label) in zip(ax, panels):
+        a.plot(x, [float(r[key]) for r in rows], style, ms=3)
+        a.set_title(label)
+        a.set_xlabel(xlabel)
+        a.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title.format(**rows[-1]))
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+
+
+def plot_val(csv_path: str, png_path: str, name: str) -> None:
+    plot_csv(csv_path, png_path, "cpu_hours", "training CPU-hours", [("bpp", "delivered bpp (v2 coder)"),
+             ("psnr", "PSNR (dB)"), ("msssim", "MS-SSIM")], name + ": validation (step {step}, {cpu_hours:.5} CPU-h)",
+             "o-")
+
+
+def plot_log(csv_path: str, png_path: str) -> None:
+    """The step log's curves: loss, estimated bpp and PSNR on the training crops."""
+    plot_csv(csv_path, png_path, "step", "step", [("loss", "loss"), ("bpp_est", "bpp (hard entropy estimate)"),
+                                                  ("psnr", "PSNR (dB, train crops)")])
