@@ -53,7 +53,8 @@ def run_one(name: str, point: str, cpu_seconds: float, steps: int, work: str) ->
     r = train(cfg, out, progress=False)
     with open(os.path.join(out, "val.csv"), newline="") as f:
         val = list(csv.DictReader(f))
-    size = os.path.getsize(os.path.join(out, "ckpt.safetensors"))
+    from latentstore_train.checkpoint import tensors_path
+    size = os.path.getsize(tensors_path(out))  # ckpt-<sha12>.safetensors: the file ckpt.json names
     row = {"pilot": name, "what": PILOTS[name][0], "steps": r["steps"], "train_cpu_s": round(r["train_cpu_seconds"], 1),
            "steps_per_cpu_s": round(r["steps"] / r["train_cpu_seconds"], 3), "wall_s": round(r["train_seconds"], 1),
            "ckpt_MB": round(size / 1e6, 2), **{f"val_{k}": float(val[-1][k]) for k in ("bpp", "psnr", "msssim")},

@@ -15,6 +15,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
+from latentstore_train.checkpoint import tensors_path
 from latentstore_train.codec import recipe_config, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +32,7 @@ def _rows(path):
 
 
 def _same_tensors(a, b):
-    ta, tb = load_file(os.path.join(a, "ckpt.safetensors")), load_file(os.path.join(b, "ckpt.safetensors"))
+    ta, tb = load_file(tensors_path(a)), load_file(tensors_path(b))
     return ta.keys() == tb.keys() and all(ta[k].dtype == tb[k].dtype and (ta[k] == tb[k]).all() for k in ta)
 
 
@@ -72,9 +73,9 @@ def test_a_mismatched_checkpoint_pair_is_refused_in_one_line(tmp_path):
     train(_cfg(stop_at=2, ckpt_every=2), str(tmp_path / "a"), progress=False)
     train(_cfg(stop_at=4, ckpt_every=2), str(tmp_path / "b"), progress=False)
     meta = json.load(open(tmp_path / "a" / "ckpt.json"))
-    data = open(tmp_path / "a" / "ckpt.safetensors", "rb").read()
+    data = open(tensors_path(tmp_path / "a"), "rb").read()
     assert meta["tensors_sha256"] == hashlib.sha256(data).hexdigest()
-    shutil.copy(tmp_path / "b" / "ckpt.safetensors", tmp_path / "a" / "ckpt.safetensors")  # step 4's tensors
+    shutil.copy(tensors_path(tmp_path / "b"), tensors_path(tmp_path / "a"))  # step 4's tensors
     with pytest.raises(LatentstoreError, match="does not match"):
         train(_cfg(stop_at=6), str(tmp_path / "a"), progress=False)
     res = CliRunner().invoke(main, ["train", "codec", "--name", "ls-c8", "--recipe", "smoke", "--steps", "3000",

@@ -1,16 +1,21 @@
 """Checkpoints with exact resume, without pickle: tensors in safetensors, everything else in JSON.
 
-A checkpoint is two files, each written atomically and fsynced: `ckpt.safetensors` (model, optimizer tensors,
-RNG state) and `ckpt.json` (step, optimizer hyper-parameters, the resolved config, the caller's small state).
-ckpt.json records the sha256 of the ckpt.safetensors it goes with, written after it: a pair caught between
-the two writes (a copy taken mid-checkpoint, a commit of a running training) is refused on resume in one line,
-never silently mixed. The per-step log does not belong here (it grows without bound): callers append it to a CSV.
+A checkpoint is a tensors file (model, optimizer tensors, RNG state) and `ckpt.json` (step, optimizer
+hyper-parameters, the resolved config, the caller's small state, the sha256 of its tensors file). ckpt.json is
+the commit point. With `addressed=True` (codec runs) the tensors go under a new, content-addressed name,
+`ckpt-<sha12>.safetensors`, written and fsynced (file and folder) BEFORE ckpt.json names it; only then is the
+previous tensors file deleted. A kill, OOM or power loss at any moment leaves a ckpt.json whose tensors file
+exists: the run resumes from the last checkpoint or the one before, exactly (issue #29). The old layout (a fixed
+`ckpt.safetensors` replaced in place, kept for classify/seg/joint runs, whose readers name that file) is read
+when ckpt.json names no file; a pair caught between its two writes is refused on resume in one line, never
+silently mixed. The per-step log does not belong here (it grows without bound): callers append it to a CSV.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import signal
 import threading
 
@@ -21,10 +26,49 @@ from latentstore.atomic import write_bytes_atomic, write_json_atomic
 from latentstore.errors import LatentstoreError
 
 TENSORS, META = "ckpt.safetensors", "ckpt.json"
+ADDRESSED = re.compile(r"ckpt-[0-9a-f]{12}\.safetensors")  # content-addressed tensors files (ckpt.json names one)
+
+
+def fsync_dir(path: str) -> None:
+    """Make the renames done in `path` durable: without it a power loss may keep one rename and lose another."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise LatentstoreError(f"{path}: cannot sync the folder ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+
+
+def tensors_files(run_dir: str) -> list[str]:
+    """Every tensors file in run_dir, either layout (the current one and any a crash left behind)."""
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return []
+    return sorted(n for n in names if n == TENSORS or ADDRESSED.fullmatch(n))
+
+
+def tensors_name(meta: dict) -> str:
+    """The tensors file a ckpt.json goes with: the one it names, else (older checkpoints) ckpt.safetensors."""
+    name = meta.get("tensors_file", TENSORS)
+    if not isinstance(name, str) or not (name == TENSORS or ADDRESSED.fullmatch(name)):
+        raise LatentstoreError(f"{META}: tensors_file {name!r} is not a checkpoint tensors file name")
+    return name
+
+
+def tensors_path(run_dir: str) -> str:
+    """The tensors file of run_dir's checkpoint, either layout: for readers of the file itself (sizes, weights)."""
+    try:
+        with open(os.path.join(run_dir, META)) as f:
+            return os.path.join(run_dir, tensors_name(json.load(f)))
+    except (OSError, ValueError, AttributeError) as e:
+        raise LatentstoreError(f"{run_dir}: unreadable checkpoint ({e})") from None
 
 
 def save_checkpoint(run_dir: str, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    gen: torch.Generator, config: dict, extra: dict | None = None) -> None:
+                    gen: torch.Generator, config: dict, extra: dict | None = None, addressed: bool = False) -> None:
+    """Write the checkpoint; with `addressed`, crash-safe at every moment (module docstring), else the old layout."""
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     sd = opt.state_dict()
     scalars = {}
@@ -37,12 +81,26 @@ def save_checkpoint(run_dir: str, step: int, model: torch.nn.Module, opt: torch.
     tensors["rng/generator"] = gen.get_state()
     tensors["rng/torch"] = torch.get_rng_state()
     data = save(tensors)
-    write_bytes_atomic(os.path.join(run_dir, TENSORS), data)
-    write_json_atomic({"step": step, "param_groups": sd["param_groups"], "opt_scalars": scalars, "config": config,
-                       "tensors_sha256": hashlib.sha256(data).hexdigest(), **(extra or {})},
-                      os.path.join(run_dir, META))
+    sha = hashlib.sha256(data).hexdigest()
+    name = f"ckpt-{sha[:12]}.safetensors" if addressed else TENSORS
+    write_bytes_atomic(os.path.join(run_dir, name), data)
+    fsync_dir(run_dir)  # the tensors file is durable before any ckpt.json names it
+    meta = {"step": step, "param_groups": sd["param_groups"], "opt_scalars": scalars, "config": config,
+            "tensors_sha256": sha, **(extra or {})}
+    if addressed:
+        meta["tensors_file"] = name
+    write_json_atomic(meta, os.path.join(run_dir, META))
     # the resolved config beside every checkpoint, readable on its own
     write_json_atomic(config, os.path.join(run_dir, "config.json"))
+    fsync_dir(run_dir)
+    if addressed:  # ckpt.json no longer names them: the previous checkpoint's, a crashed save's, the old layout's
+        for old in tensors_files(run_dir):
+            if old != name:
+                try:
+                    os.remove(os.path.join(run_dir, old))
+                except OSError:  # the checkpoint is committed; the next save retries the clean-up
+                    pass
+        fsync_dir(run_dir)
 
 
 def read_checkpoint(run_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -50,18 +108,19 @@ def read_checkpoint(run_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
     try:
         with open(os.path.join(run_dir, META)) as f:
             meta = json.load(f)
-        with open(os.path.join(run_dir, TENSORS), "rb") as f:
+        name = tensors_name(meta)
+        with open(os.path.join(run_dir, name), "rb") as f:
             data = f.read()
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, AttributeError) as e:
         raise LatentstoreError(f"{run_dir}: unreadable checkpoint ({e})") from None
     want = meta.get("tensors_sha256")
     if want is not None and hashlib.sha256(data).hexdigest() != want:  # older checkpoints recorded no hash
-        raise LatentstoreError(f"{run_dir}: {TENSORS} does not match {META} (sha256 differs: a checkpoint copied "
+        raise LatentstoreError(f"{run_dir}: {name} does not match {META} (sha256 differs: a checkpoint copied "
                                "or committed mid-write); restore both files from the same checkpoint")
     try:
         return meta, load(data)
     except Exception as e:  # safetensors raises its own types for damaged files
-        raise LatentstoreError(f"{run_dir}: {TENSORS} is not readable ({str(e).splitlines()[0]})") from None
+        raise LatentstoreError(f"{run_dir}: {name} is not readable ({str(e).splitlines()[0]})") from None
 
 
 def load_checkpoint(run_dir: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -84,7 +143,17 @@ def load_checkpoint(run_dir: str, model: torch.nn.Module, opt: torch.optim.Optim
 
 
 def has_checkpoint(run_dir: str) -> bool:
-    return os.path.exists(os.path.join(run_dir, META)) and os.path.exists(os.path.join(run_dir, TENSORS))
+    """A ckpt.json with its tensors file. An unreadable ckpt.json counts (resuming then fails in one line):
+    starting over would overwrite the run."""
+    try:
+        with open(os.path.join(run_dir, META)) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    name = meta.get("tensors_file", TENSORS) if isinstance(meta, dict) else TENSORS
+    return not isinstance(name, str) or os.path.exists(os.path.join(run_dir, name))
 
 
 class StopSignals:

@@ -256,7 +256,7 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
     def checkpoint():
         wall, cpu, _ = clocks()
         extra = {"elapsed": wall, "cpu_seconds": cpu, "steplog": steplog.flush(), "val_next_cpu": val.next_cpu}
-        save_checkpoint(out_dir, step, model, opt, gen, resolved, extra)
+        save_checkpoint(out_dir, step, model, opt, gen, resolved, extra, addressed=True)  # crash-safe (#29)
         try:
             plot_log(os.path.join(out_dir, "log.csv"), os.path.join(out_dir, "curves.png"))
         except Exception as e:  # a plot must never kill a training run

@@ -124,9 +124,10 @@ def point_status(run_dir: str) -> dict:
 
 def write_readme(root: str, recipe: str, chunk: float, points) -> None:
     lines = ["# The codec training programme (issue 29)", "",
-             "Resumable checkpoints of the long CPU training, one folder per operating point (ckpt.safetensors + "
-             "ckpt.json: weights, Adam, schedule, RNG, crop sampler; log.csv; val.csv). A fresh clone continues the "
-             "run where it stopped.", "", "Resume the whole programme (round-robin, chunks of training CPU time):", "",
+             "Resumable checkpoints of the long CPU training, one folder per operating point "
+             "(ckpt-<sha12>.safetensors + ckpt.json, which names it: weights, Adam, schedule, RNG, crop sampler; "
+             "log.csv; val.csv). A fresh clone continues the run where it stopped.", "",
+             "Resume the whole programme (round-robin, chunks of training CPU time):", "",
              "```", f"setsid nohup nice -n 19 .venv/bin/python -m latentstore_train.codec_programme --recipe {recipe} "
              f"--chunk-cpu-minutes {chunk:g} --workers 2 >> train/programme/programme.log 2>&1 &", "```", "",
              f"or one point: `latentstore train codec --name ls-c16 --recipe {recipe} "
@@ -134,8 +135,9 @@ def write_readme(root: str, recipe: str, chunk: float, points) -> None:
              "`setsid` makes the programme a process group (PGID = the first process's pid): pause it with "
              "`kill -STOP -- -PGID` (and `kill -CONT -- -PGID`); stop it with `kill -- -PGID` (SIGTERM: every worker "
              "checkpoints first). Before "
-             "committing the files of a running programme, pause it: ckpt.json records the sha256 of "
-             "ckpt.safetensors, and a resume refuses a mismatched pair.", "",
+             "committing the files of a running programme, pause it: ckpt.json names its tensors file and "
+             "records its sha256; a crash mid-checkpoint keeps the previous pair whole, and a resume refuses a "
+             "mismatched pair.", "",
              f"Status ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); validation: 6 validation photos at "
              "512 px, "
              "delivered bpp through the real v2 coder (curves: benchmarks/results/codec_training/<point>-val.png):", "",

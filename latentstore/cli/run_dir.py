@@ -6,6 +6,7 @@ A run directory is one holding `config.json` or `ckpt.json` (written by latentst
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ SUMMARY_FILE = "summary.json"
 RUN_FILES = ("ckpt.json", "ckpt.safetensors", "ckpt.safetensors.tmp", "ckpt.json.tmp", "config.json",
              "config.json.tmp", "log.csv", "epochs.csv", "curves.png", SUMMARY_FILE, "seg_metrics.json",
              "seg_metrics.csv", "predictions.png", "result.json", "codec.safetensors", "val.csv", "val.png")
+RUN_GLOBS = ("ckpt-*.safetensors",)  # content-addressed checkpoint tensors (codec runs, latentstore_train.checkpoint)
 RUN_FOLDERS = ("classifier", "tb")
 # options that change how a run is executed or where it stops, not what it computes: a resume may change them
 RESUMABLE_CHANGES = {"num_workers", "cache_dir", "ckpt_every", "max_steps", "device", "skip_corrupt",
@@ -65,9 +67,11 @@ def finished_summary(out_dir: str, fields: dict) -> str | None:
 def remove_run(out_dir: str) -> None:
     """--force: the files a run wrote, so the next one starts from step 0 (nothing else in the folder is touched).
     Every DDP rank calls this before its training starts; the first rank's checkpoint comes an epoch later."""
-    for name in RUN_FILES:
+    paths = [os.path.join(out_dir, n) for n in RUN_FILES]
+    paths += [p for pattern in RUN_GLOBS for p in sorted(glob.glob(os.path.join(glob.escape(out_dir), pattern)))]
+    for path in paths:
         try:
-            os.remove(os.path.join(out_dir, name))
+            os.remove(path)
         except FileNotFoundError:
             pass
     for name in RUN_FOLDERS:

@@ -227,11 +227,10 @@ def create_app(cfg: ServeConfig, service: IngestService | None = None) -> FastAP
     @app.get("/readyz")
     async def readyz(request: Request):
         need(request, "read")
-        writable = os.access(os.path.join(cfg.store, "_serve", "intake"), os.W_OK)
+        reason = svc.ready_reason()  # one verdict (serve/health.py): starting, log or seal failing, not writable
+        ok = reason is None
+        writable = os.access(os.path.join(cfg.store, "_serve", "intake"), os.W_OK)  # reported, decided above
         sealer_error = svc.sealer.last_error if svc.sealer is not None else None
-        reason = getattr(svc, "ready_reason", None)  # the service's own verdict, where it has one (disk full, ...)
-        reason = reason() if callable(reason) else reason
-        ok = svc.ready and writable and sealer_error is None and reason is None
         body = {"ready": ok, "reason": reason, "codec": svc.engine.model.name if svc.engine else None,
                 "classifier": cfg.classifier if svc.engine and svc.engine.classifier is not None else None,
                 "store_writable": writable, "sealer": svc.sealer is not None, "sealer_error": sealer_error,

@@ -163,12 +163,14 @@ class Sealer:
         if not segments and not self.dirty and not marked and not self._full(S):
             return 0
         fresh: list[WalRecord] = []
+        skipped: list[dict] = []  # records of uploads already stored or journaled
         seen: set[str] = set()
         slot = self.next_slot
         for path in segments:
             for r in repair(path):
                 sha = r.meta["sha256"]
                 if sha in self.sealed or sha in seen:
+                    skipped.append(r.meta)
                     continue
                 seen.add(sha)
                 r.meta["slot"] = slot
@@ -200,7 +202,18 @@ class Sealer:
         if segments:
             fsync_dir(self.intake_dir)
         self._close_full(S)
+        self._report_skipped(skipped)
         return len(fresh)
+
+    def _report_skipped(self, metas: list[dict]) -> None:
+        """A skipped record's upload is stored and indexed under its first record, but this process may hold it
+        as pending too (accepted while its first record was being sealed): on_sealed lets it go, as it does for
+        the records it stores; else GET would say sealed:false, and its blobs stay in memory, for good."""
+        if self.on_sealed is None or not metas:
+            return
+        done = [m for m in metas if self.index.has_sha(m["sha256"])]  # only what GET can answer from the index
+        if done:
+            self.on_sealed(done)
 
     def _journal_path(self, k: int) -> str:
         return os.path.join(self.journal_dir, f"shard-{k:06d}.jnl")

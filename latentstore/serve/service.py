@@ -221,7 +221,7 @@ class IngestService:
         from ..store.backends.zarr_shards import ShardReader
         from ..store.schema import read_schema
         schema = read_schema(self.cfg.store)
-        reader = ShardReader.for_store(self.cfg.store, lambda c: schema_tables(schema, c))
+        reader = ShardReader.for_store(self.cfg.store, lambda c: schema_tables(schema, c), recorded=schema.checksums)
         slot = int(meta["slot"])
         return reader.read(slot), reader.payload(slot)
 

@@ -43,6 +43,16 @@ def write_root_attrs(root: str, schema: StoreSchema) -> None:
     write_json_atomic(meta, path)
 
 
+def _identity(path: str) -> tuple | None:
+    """What tells a replaced file from the one that was there: a rename brings a new inode, an in-place
+    rewrite new times. None when there is no file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
+
+
 def _first_line(e: Exception) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
@@ -126,10 +136,11 @@ class ZarrBackend(Backend):
         n, lo = len(slots), slots.start
         rows = [s.slot - lo for s in samples]
         names = [a for a in (LABELS, VALID, SIZES, SOURCES) + self.payload_arrays + self.extra_arrays() if a in g]
-        for name in names:  # whatever an interrupted attempt left of this shard: rewritten whole
-            f = self.chunk_file(g[name], k)
-            if os.path.exists(f):
-                os.remove(f)
+        # The shard is rewritten whole, but nothing is deleted first: readers of an open shard (the service's,
+        # other workers') must see the old files or the new ones, never none (a missing file reads as empty
+        # rows). Each file is replaced in one step (zarr's LocalStore and write_bytes_atomic: write + rename);
+        # what the new write does not replace (an all-fill chunk is not written) is removed afterwards.
+        before = {f: _identity(f) for f in (self.chunk_file(g[name], k) for name in names)}
         self.write_payload(g, lo, n, rows, samples)
         labels, valid = np.full(n, -1, np.int32), np.zeros(n, bool)
         sizes, sources = np.zeros((n, 2), np.int32), np.array([""] * n, dtype=object)
@@ -139,8 +150,10 @@ class ZarrBackend(Backend):
         g[VALID][lo: lo + n] = valid
         g[SIZES][lo: lo + n] = sizes
         g[SOURCES][lo: lo + n] = sources
-        files = [self.chunk_file(g[name], k) for name in names]
-        return [f for f in files if os.path.exists(f)]  # an all-fill chunk is not written at all
+        for f, old in before.items():
+            if old is not None and _identity(f) == old:  # left over from an earlier write: not this shard's now
+                os.remove(f)
+        return [f for f in before if os.path.exists(f)]  # an all-fill chunk is not written at all
 
     def write_payload(self, g, lo: int, n: int, rows: list[int], samples: list) -> None:
         raise NotImplementedError

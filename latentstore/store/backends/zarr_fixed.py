@@ -98,7 +98,7 @@ class ZarrFixedBackend(ZarrBackend):
             for (r, _), p in zip(todo, coded):
                 chunks[r] = p
         data = shard_file_bytes(chunks)
-        if data is not None:  # the caller removed what an earlier attempt left; an all-empty shard has no file
+        if data is not None:  # the caller removes what this write did not replace; an all-empty shard has no file
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_bytes_atomic(path, data)
 
@@ -112,7 +112,7 @@ class ZarrFixedBackend(ZarrBackend):
     def shard_reader(self):
         from .zarr_shards import ShardReader
         return ShardReader.for_store(self.root, lambda coder: schema_tables(self.schema, coder),
-                                     None if self.loc.local else self.blobs)
+                                     None if self.loc.local else self.blobs, recorded=self.schema.checksums)
 
     def symbols(self, slot: int, checked: bool = False) -> np.ndarray:
         """Both paths check what they read (CRCs, lanes); checked=True reads through zarr itself (verify's path)."""

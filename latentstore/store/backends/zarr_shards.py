@@ -64,20 +64,33 @@ def shard_file_bytes(chunks: list) -> bytes | None:
     return b"".join(parts + [raw, _crc32c(raw)])
 
 
+def _recorded_files(root: str) -> frozenset:
+    """The files a local store's schema records checksums of (none when the schema cannot be read: the reads
+    that need it say why)."""
+    from ..schema import read_schema
+    try:
+        return frozenset(read_schema(root).checksums)
+    except Exception:  # read_schema raises our one-line errors and others for damage; this is only a hint
+        return frozenset()
+
+
 class ShardReader:
     def __init__(self, array_dir: str, shard_rows: int, chunk_shape: tuple, coder: str, tables: np.ndarray,
-                 key_sep: str, store: str = ""):
+                 key_sep: str, store: str = "", recorded=frozenset()):
         self.dir, self.S, self.chunk_shape, self.sep = array_dir, shard_rows, chunk_shape, key_sep
         self.coder, self.tables = coder, tables
         self.store = store  # the store's path or URL, for error messages
+        # files the schema's checksums record: such a shard missing is damage, not an all-empty shard
+        self.recorded = frozenset(recorded)
         self._index: dict[int, np.ndarray | None] = {}
         self._fds: dict[int, int] = {}
         self._sizes: dict[int, int] = {}
 
     @classmethod
-    def for_store(cls, root: str, tables_for, blobs=None) -> "ShardReader | None":
+    def for_store(cls, root: str, tables_for, blobs=None, recorded=None) -> "ShardReader | None":
         """`tables_for(coder_id)` gives the store's tables for the array's coder. `blobs`: a remote store's
-        shard cache (remote.blobs.ShardCache): shards are then read whole from it (RemoteShardReader)."""
+        shard cache (remote.blobs.ShardCache): shards are then read whole from it (RemoteShardReader).
+        `recorded`: the files the schema's checksums name (read from the schema, or the cache's, when None)."""
         d = os.path.join(root, "latents") if blobs is None else "latents"
         try:
             # bounded (a link to /dev/zero is a one-line StoreError, not caught below: zarr would read it unbounded)
@@ -95,10 +108,12 @@ class ShardReader:
                 return None
             S = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
             sep = enc.get("configuration", {}).get("separator", "/")
+            if recorded is None:  # read only for a layout this reader takes
+                recorded = blobs.checksums if blobs is not None else _recorded_files(root)
             if blobs is not None:
                 return RemoteShardReader(d, S, tuple(cfg["chunk_shape"]), inner[0], tables_for(inner[0]), sep, root,
-                                         blobs)
-            return cls(d, S, tuple(cfg["chunk_shape"]), inner[0], tables_for(inner[0]), sep, root)
+                                         blobs, recorded)
+            return cls(d, S, tuple(cfg["chunk_shape"]), inner[0], tables_for(inner[0]), sep, root, recorded)
         except (OSError, KeyError, ValueError, TypeError):
             return None
 
@@ -106,10 +121,25 @@ class ShardReader:
         ndim = len(self.chunk_shape)
         return os.path.join(self.dir, "c" + self.sep + self.sep.join([str(k)] + ["0"] * (ndim - 1)))
 
-    def _fd_index(self, k: int):
+    def shard_rel(self, k: int) -> str:
+        """Shard k's path in the store, as the schema's checksums name it."""
+        ndim = len(self.chunk_shape)
+        return "latents/c" + self.sep + self.sep.join([str(k)] + ["0"] * (ndim - 1))
+
+    def _missing(self, k: int) -> None:
+        """Shard k has no file: an all-empty shard (zarr writes none), unless the schema records its file."""
+        rel = self.shard_rel(k)
+        if rel in self.recorded:
+            raise CorruptSampleError(f"{self.store}: latents shard {k}: its file {rel} is missing (the schema "
+                                     "records it); run latentstore verify")
+
+    def _fd_index(self, k: int, writing: bool = False):
+        """`writing`: the writer asks after writing shard k; no file is then what it wrote (every row empty)."""
         if k not in self._index:
             path = self.shard_path(k)
             if not os.path.exists(path):
+                if not writing:
+                    self._missing(k)
                 self._index[k] = None
                 return None, None
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not hang the open
@@ -149,7 +179,7 @@ class ShardReader:
         """(rows, 2) uint64 (offset, nbytes) of shard k's inner chunks, read fresh from the file. Nothing stays
         open: the writer calls this once per shard it commits, and a rank writes thousands of shards."""
         self._forget(k)
-        index = self._fd_index(k)[1]
+        index = self._fd_index(k, writing=True)[1]
         self._forget(k)
         return index
 
@@ -230,8 +260,8 @@ class RemoteShardReader(ShardReader):
     """The same reads from an object store: each shard fetched whole (one GET) into the shard cache, the
     shards a batch needs fetched in parallel, then sliced as the local reader slices its file."""
 
-    def __init__(self, array_dir, shard_rows, chunk_shape, coder, tables, key_sep, store, blobs):
-        super().__init__(array_dir, shard_rows, chunk_shape, coder, tables, key_sep, store)
+    def __init__(self, array_dir, shard_rows, chunk_shape, coder, tables, key_sep, store, blobs, recorded=frozenset()):
+        super().__init__(array_dir, shard_rows, chunk_shape, coder, tables, key_sep, store, recorded)
         self.blobs = blobs
         self._absent: set[int] = set()  # shards with no object: every row empty (zarr writes no file)
         self._paths: dict[int, str] = {}
@@ -243,18 +273,20 @@ class RemoteShardReader(ShardReader):
             path = self._paths[k] = self.dir + "/c" + self.sep + self.sep.join([str(k)] + ["0"] * (ndim - 1))
         return path
 
-    def _shard(self, k: int) -> bytes | None:
+    def _shard(self, k: int, writing: bool = False) -> bytes | None:
         if k in self._absent:
             return None
         try:
             return self.blobs.get(self.shard_path(k))
         except FileNotFoundError:
+            if not writing:
+                self._missing(k)
             self._absent.add(k)
             return None
 
-    def _fd_index(self, k: int):
+    def _fd_index(self, k: int, writing: bool = False):
         if k not in self._index:
-            data = self._shard(k)
+            data = self._shard(k, writing)
             self._index[k] = None if data is None else self._checked_index(data[-(self.S * 16 + 4):], k)
             if data is not None:
                 self._sizes[k] = len(data)
