@@ -23,3 +23,11 @@ class BitstreamError(LatentstoreError):
 
 class StoreError(LatentstoreError):
     """A store that cannot be read, or one that fails verification."""
+
+
+def first_line(e: BaseException, limit: int | None = None, with_type: bool = False) -> str:
+    """An exception as the one line we log or raise: its first line (its type's name when it has no text),
+    optionally 'Type: text', cut to `limit` characters."""
+    text = f"{type(e).__name__}: {e}" if with_type else str(e)
+    line = (text.splitlines() or ["?" if with_type else type(e).__name__])[0]
+    return line[:limit] if limit is not None else line

@@ -34,3 +34,14 @@ def make_tree(root: str, with_bad: bool = True) -> str:
 def make_store(src: str, dst: str, codec: str, fmt: str = "zarr", size=32, shard_size: int = 4, **kw):
     return convert(src, dst, ConvertOptions(codec=codec, fmt=fmt, size=size, shard_size=shard_size, batch_size=4,
                                             progress=False, coder_threads=2, **kw))
+
+
+def make_stores(root, codec: str, specs: dict) -> dict:
+    """One tree of real photos (no bad files) at ROOT/src and a store per spec: {key: (folder, make_store kwargs)}
+    -> {key: path, "src": the tree}; the module fixtures of the store tests share it."""
+    src = make_tree(os.path.join(str(root), "src"), with_bad=False)
+    out = {"src": src}
+    for key, (folder, kw) in specs.items():
+        out[key] = os.path.join(str(root), folder)
+        make_store(src, out[key], codec, **kw)
+    return out

@@ -16,7 +16,7 @@ from latentstore.errors import BitstreamError, StoreError
 from latentstore.store import open_store
 from latentstore.store.verify import verify
 from latentstore.store.zarr_codec import LatentRansNumcodec
-from tests.store_fixtures import make_store, make_tree
+from tests.store_fixtures import make_stores
 
 G = os.path.join(os.path.dirname(__file__), "golden")
 V2 = os.path.join(G, "v2")
@@ -76,11 +76,9 @@ def test_other_tables_fail_the_crc(codec, photo):
 @pytest.fixture(scope="module")
 def stores(codec_path, tmp_path_factory):
     d = tmp_path_factory.mktemp("v2")
-    src = make_tree(str(d / "src"), with_bad=False)
-    make_store(src, str(d / "v2.zarr"), codec_path, size=64)
-    make_store(src, str(d / "v1.zarr"), codec_path, size=64, bitstream="v1")
-    make_store(src, str(d / "v2w"), codec_path, size=64, fmt="wds")
-    return {"v2": str(d / "v2.zarr"), "v1": str(d / "v1.zarr"), "wds": str(d / "v2w"), "src": src, "dir": d}
+    specs = {"v2": ("v2.zarr", dict(size=64)), "v1": ("v1.zarr", dict(size=64, bitstream="v1")),
+             "wds": ("v2w", dict(size=64, fmt="wds"))}
+    return {**make_stores(d, codec_path, specs), "dir": d}
 
 
 def test_v1_and_v2_stores_hold_the_same_symbols_and_v2_is_smaller(stores):

@@ -17,7 +17,7 @@ from latentstore.data.imageio import (MAX_ASPECT, MAX_PIXELS, decode_image_bytes
 from latentstore.errors import BadImageError, StoreError
 from latentstore.store import open_store
 from latentstore.store.verify import verify
-from tests.store_fixtures import make_store, make_tree
+from tests.store_fixtures import make_store, make_stores, make_tree
 
 
 def _png(path, w, h):
@@ -86,11 +86,9 @@ def test_conversion_skips_a_thin_image_and_records_why(codec_path, tmp_path):
 # ------------------------------------------------------------------ bounded metadata reads, special files
 @pytest.fixture(scope="module")
 def stores(codec_path, tmp_path_factory):
-    d = tmp_path_factory.mktemp("bounds")
-    src = make_tree(str(d / "src"), with_bad=False)
-    make_store(src, str(d / "z.zarr"), codec_path, size=32)
-    make_store(src, str(d / "w"), codec_path, fmt="wds", size=32)
-    return {"zarr": str(d / "z.zarr"), "wds": str(d / "w")}
+    made = make_stores(tmp_path_factory.mktemp("bounds"), codec_path,
+                       {"zarr": ("z.zarr", dict(size=32)), "wds": ("w", dict(fmt="wds", size=32))})
+    return {k: made[k] for k in ("zarr", "wds")}  # the stores only: test_reader_bounds reads every value
 
 
 def _first(d, pred):

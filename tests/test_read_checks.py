@@ -25,7 +25,7 @@ from latentstore.store.backends import CorruptSampleError, ZarrFixedBackend
 from latentstore.store.backends.webdataset import WebDatasetBackend
 from latentstore.store.remote import location_for
 from tests.s3server import s3  # noqa: F401  (the session fixture)
-from tests.store_fixtures import make_store, make_tree
+from tests.store_fixtures import make_store, make_stores
 
 KINDS = ["zarr", "v1", "native", "wds"]
 VICTIM = 5  # the damaged sample's index: shard 1 of shards of 4 (the tree has no rejects)
@@ -33,13 +33,10 @@ VICTIM = 5  # the damaged sample's index: shard 1 of shards of 4 (the tree has n
 
 @pytest.fixture(scope="module")
 def stores(codec_path, tmp_path_factory):
-    d = tmp_path_factory.mktemp("reads")
-    src = make_tree(str(d / "src"), with_bad=False)
-    make_store(src, str(d / "zarr"), codec_path, size=32)
-    make_store(src, str(d / "v1"), codec_path, size=32, bitstream="v1")
-    make_store(src, str(d / "native"), codec_path, size=None)
-    make_store(src, str(d / "wds"), codec_path, fmt="wds", size=32)
-    return {k: str(d / k) for k in KINDS}
+    specs = {"zarr": dict(size=32), "v1": dict(size=32, bitstream="v1"), "native": dict(size=None),
+             "wds": dict(fmt="wds", size=32)}
+    made = make_stores(tmp_path_factory.mktemp("reads"), codec_path, {k: (k, specs[k]) for k in KINDS})
+    return {k: made[k] for k in KINDS}
 
 
 def shard_file(path: str, i: int) -> tuple[str, bytes]:

@@ -15,16 +15,13 @@ from latentstore.store import open_store
 from latentstore.store.lock import WriterLock
 from latentstore.store.schema import StoreSchema
 from latentstore.store.verify import verify
-from tests.store_fixtures import make_store, make_tree
+from tests.store_fixtures import make_store, make_stores, make_tree
 
 
 @pytest.fixture(scope="module")
 def stores(codec_path, tmp_path_factory):
-    d = tmp_path_factory.mktemp("rel")
-    src = make_tree(str(d / "src"), with_bad=False)
-    make_store(src, str(d / "z.zarr"), codec_path, size=32)
-    make_store(src, str(d / "w"), codec_path, fmt="wds", size=32)
-    return {"zarr": str(d / "z.zarr"), "wds": str(d / "w"), "src": src}
+    return make_stores(tmp_path_factory.mktemp("rel"), codec_path,
+                       {"zarr": ("z.zarr", dict(size=32)), "wds": ("w", dict(fmt="wds", size=32))})
 
 
 def _files(root):

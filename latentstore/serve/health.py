@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
+from ..errors import first_line
 from .sealer import storage_failure
 from .uploads import Rejected
 
@@ -71,7 +72,7 @@ class WriteHealth:
 
     def round_failed(self, e: Exception, interval_s: float) -> None:
         """A failed background round: a traceback for a bug, one line for a full or failing disk; each once."""
-        line = (f"{type(e).__name__}: {e}".splitlines() or ["?"])[0][:300]
+        line = first_line(e, 300, with_type=True)
         if line != self.logged:
             if storage_failure(e) is None:
                 log.exception("seal failed (will retry)")

@@ -30,7 +30,7 @@ import time
 import numpy as np
 import zarr
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from ..store.append import (SEAL_MARKER, create_growing_store, grow, init_record, mark_seal, open_growing_store,
                             sync_store, unmark_seal)
 from ..store.backends import backend_for, schema_tables, store_coder
@@ -145,7 +145,7 @@ class Sealer:
             except Exception as e:
                 self._stale = True
                 self.storage_error = storage_failure(e)
-                self.last_error = (f"{type(e).__name__}: {e}".splitlines() or ["?"])[0][:300]
+                self.last_error = first_line(e, 300, with_type=True)
                 if self.metrics is not None:
                     self.metrics.seal_failures.inc()
                 raise

@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from ..store.lock import LOCK_DIR
 from .batcher import BatcherConfig, DynamicBatcher, Draining, QueueFull
 from .config import ServeConfig
@@ -194,7 +194,7 @@ class IngestService:
                 self.sealer.seal_once()
         except Exception as e:  # a full disk at shutdown: the records stay in the log for the next start
             log.warning("could not seal everything at shutdown (%s); the next start seals it",
-                        (f"{type(e).__name__}: {e}".splitlines() or ["?"])[0])
+                        first_line(e, with_type=True))
         if self.sealer is not None:
             self.sealer.close()
         if self._lock_f is not None:

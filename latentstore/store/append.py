@@ -36,7 +36,7 @@ import zarr
 
 from ..atomic import write_json_atomic
 from ..data.imageio import read_bounded
-from ..errors import StoreError, UsageError
+from ..errors import StoreError, UsageError, first_line
 from .backends import backend_for
 from .lock import _pid_alive
 from .schema import CODEC_FILE, PARTS_DIR, StoreSchema
@@ -178,7 +178,7 @@ def _array_rows(writer: StoreWriter) -> dict[str, int]:
         g = zarr.open_group(writer.root, mode="r")
         return {name: g[name].shape[0] for name in backend_for(writer.root, writer.schema).array_names()}
     except Exception as e:  # zarr raises many types for missing or damaged metadata
-        msg = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        msg = first_line(e, 200)
         raise StoreError(f"{writer.root}: the store's arrays are unreadable ({msg}); run latentstore verify") from None
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ...atomic import write_bytes_atomic, write_json_atomic
 from ...data.imageio import check_regular_file
-from ...errors import StoreError
+from ...errors import StoreError, first_line
 from ..remote.location import join
 from ..schema import StoreSchema, read_schema
 from .base import Backend, CorruptSampleError, decode_bitstream
@@ -168,7 +168,7 @@ class WebDatasetBackend(Backend):
                     with self._held(tar):  # a remote tar read once for its whole index, whatever the cache's size
                         self._index_tar(k, tar, idx)
                 except (tarfile.TarError, OSError) as e:
-                    why = (str(e).splitlines() or [type(e).__name__])[0]
+                    why = first_line(e)
                     raise StoreError(f"{self.root}: {os.path.basename(tar)}: unreadable tar ({why}); "
                                      "run latentstore verify") from None
             if self.schema.complete and len(idx) != self.schema.num_samples:

@@ -15,7 +15,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from ...atomic import write_json_atomic
-from ...errors import StoreError
+from ...errors import StoreError, first_line
 from ..remote.location import location_for
 from ..schema import StoreSchema, read_metadata
 from .base import Backend
@@ -51,10 +51,6 @@ def _identity(path: str) -> tuple | None:
     except FileNotFoundError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
 class ZarrBackend(Backend):
@@ -174,7 +170,7 @@ class ZarrBackend(Backend):
         except StoreError:  # ours already (an object store's one-line errors)
             raise
         except Exception as e:  # zarr raises many types for missing or damaged metadata and chunks
-            raise StoreError(f"{self.root}: array {name}/ is unreadable ({_first_line(e)}); run latentstore verify") from None
+            raise StoreError(f"{self.root}: array {name}/ is unreadable ({first_line(e, 200)}); run latentstore verify") from None
 
     def slots(self) -> np.ndarray:
         return np.flatnonzero(self._read_whole(VALID))
@@ -193,7 +189,7 @@ class ZarrBackend(Backend):
                 else:
                     errs += [f"{name}/: {m}" for m in self.check_array(name, a)]
             except Exception as e:
-                errs.append(f"{name}/: array metadata is missing or unreadable ({_first_line(e)})")
+                errs.append(f"{name}/: array metadata is missing or unreadable ({first_line(e, 200)})")
         return errs
 
     def check_array(self, name: str, a) -> list[str]:

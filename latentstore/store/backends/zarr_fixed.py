@@ -15,7 +15,7 @@ import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from ...atomic import write_bytes_atomic
-from ...errors import StoreError
+from ...errors import StoreError, first_line
 from ..zarr_codec import LatentANSCodec, LatentRansCodec
 from .base import CorruptSampleError, schema_tables, store_coder
 from .zarr_common import ZarrBackend
@@ -127,7 +127,7 @@ class ZarrFixedBackend(ZarrBackend):
             raise
         except Exception as e:  # zarr raises ValueError for a CRC, our codec ValueError for a lane, others for damage
             raise CorruptSampleError(f"{self.sample_where(slot)}: does not decode "
-                                     f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})", slot) from None
+                                     f"({first_line(e, 200)})", slot) from None
 
     def payload(self, slot: int) -> bytes:
         fast = self.shard_reader
@@ -152,7 +152,7 @@ class ZarrFixedBackend(ZarrBackend):
             raise
         except Exception as e:  # a mask chunk that fails its crc32c (stores written with one) or does not decompress
             raise CorruptSampleError(f"{self.sample_where(slot)}: unreadable mask "
-                                     f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})", slot) from None
+                                     f"({first_line(e, 200)})", slot) from None
 
     def __getstate__(self):
         d = super().__getstate__()

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import zarr
 
-from ...errors import StoreError
+from ...errors import StoreError, first_line
 from .base import CorruptSampleError
 from .zarr_common import ZarrBackend, small_array
 
@@ -54,4 +54,4 @@ class ZarrNativeBackend(ZarrBackend):
             raise
         except Exception as e:  # numcodecs' vlen-bytes raises ValueError ("corrupt buffer") and others
             raise CorruptSampleError(f"{self.sample_where(slot)}: unreadable bitstream chunk "
-                                     f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})", slot) from None
+                                     f"({first_line(e, 200)})", slot) from None

@@ -25,7 +25,7 @@ import google_crc32c
 import numpy as np
 
 from ...data.imageio import file_kind
-from ...errors import StoreError
+from ...errors import StoreError, first_line
 from ..remote.location import location_for
 from ..schema import read_metadata
 from ..zarr_codec import CODEC_ID, RANS_ID, _decode_chunk
@@ -240,7 +240,7 @@ class ShardReader:
                 return decode(payload, self.tables, self.chunk_shape[1:])
             return _decode_chunk(payload, self.tables, self.chunk_shape, 1)[0]
         except Exception as e:  # both decoders raise ValueError; v1's may raise others on damage
-            raise CorruptSampleError(f"{self.where(slot)}: {(str(e).splitlines() or [type(e).__name__])[0]}",
+            raise CorruptSampleError(f"{self.where(slot)}: {first_line(e)}",
                                      slot) from None
 
     def __getstate__(self):  # file descriptors do not cross into DataLoader workers
