@@ -98,6 +98,8 @@ class ServerProcess:
         self.log = log or store.rstrip("/") + f".serve-{self.port}.log"
         cmd = [sys.executable, "-m", "latentstore.cli", "serve", store, "--codec", codec, "--host", "127.0.0.1",
                "--port", str(self.port), *map(str, args)]
+        args = [str(x) for x in args]
+        self.workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, cwd=ROOT,
                                      start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -111,15 +113,22 @@ class ServerProcess:
             return "".join(f.readlines()[-n:])
 
     def wait_ready(self, timeout_s: float) -> None:
+        """Until /readyz is 200, from every worker with `--workers N` (each new connection may reach any worker:
+        a load started while one worker still loads its models would all go to the others)."""
         import httpx
-        deadline = time.monotonic() + timeout_s
+        deadline, ready = time.monotonic() + timeout_s, set()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._logf.close()
                 raise RuntimeError(f"server exited with {self.proc.returncode} before it was ready:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/readyz", headers=self.headers(), timeout=2).status_code == 200:
-                    return
+                r = httpx.get(f"{self.url}/readyz", headers=self.headers(), timeout=2)
+                if r.status_code == 200:
+                    ready.add(r.json().get("pid"))
+                    if len(ready) >= self.workers:
+                        return
+                    time.sleep(0.02)
+                    continue
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
@@ -660,17 +669,18 @@ def markdown(doc: dict) -> str:
                    f"{o['rss_mb_first']} MB at the start, {o['rss_mb_max']} MB max, {o['rss_mb_last']} MB at the end "
                    f"(last quarter / first quarter {o['rss_growth']}); alive after: {o['alive']}, /healthz "
                    f"{o['healthz_after']}, SIGTERM exit {o['sigterm_rc']}"]
-    if doc.get("kinds"):
+    for key in sorted(k for k in doc if k.startswith("kinds")):
         from benchmarks.serve_kinds import kinds_markdown
-        md += kinds_markdown(doc["kinds"])
+        md += kinds_markdown(doc[key])
     dur = doc.get("durability")
     if dur:
         md += ["", f"## kill -9 trials: {dur['passed']} of {len(dur['trials'])} passed", "",
                f"{dur['date']}, commit {dur['commit']}, codec {dur['codec']}. Command: `{dur['command']}`", "",
-               "| seed | kill -9 at (s) | acked | in flight | of those stored | in store | verify rc | SIGTERM rc "
-               "| ok |",
-               "|---|---|---|---|---|---|---|---|---|"]
-        md += [f"| {t['seed']} | {', '.join(map(str, t['kill_after_s']))} | {t['acked']} | {t['in_doubt']} | "
+               "| seed | kill -9 at (s) | acked | of those, client bitstreams | in flight | of those stored | in store "
+               "| verify rc | SIGTERM rc | ok |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
+        md += [f"| {t['seed']} | {', '.join(map(str, t['kill_after_s']))} | {t['acked']} | {t.get('latent_acked', 0)} | "
+               f"{t['in_doubt']} | "
                f"{t['stored_in_doubt']} | {t['stored']} | {t['verify_rc']} | {t['sigterm_rc']} | "
                f"{'yes' if t['ok'] else '; '.join(t['problems'])} |"
                for t in dur["trials"]]
@@ -697,6 +707,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     t0, load_before = time.perf_counter(), os.getloadavg()[0]
     section = "durability" if a.durability_trials else "kinds" if a.kinds else "load"
+    if a.kinds and a.server_args.strip():  # one section per server setting (e.g. --workers 2), each kept
+        section = f"kinds {a.server_args.strip()}"
     if a.kinds:
         from benchmarks.serve_kinds import run_kinds
         with tempfile.TemporaryDirectory(prefix="serve-kinds-") as work:

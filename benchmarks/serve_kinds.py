@@ -28,9 +28,12 @@ import time
 
 import numpy as np
 
-from benchmarks.serve import ServerProcess, _children, closed_loop, make_images
+from benchmarks.rawload import closed_loop_raw
+from benchmarks.serve import ServerProcess, _children, make_images
 
-COUNTS = {1: 16, 8: 64, 32: 128}  # requests per row (each row also stops at --row-s)
+COUNTS = {1: 16, 8: 64, 32: 128}  # requests per row (each row also stops at --row-s) ...
+CHEAP = {"latent": 8, "latent-full": 4}  # ... times this for the kinds that run at hundreds per second, so their rows
+                                         # last seconds, not a tenth of one (each request is a distinct upload)
 KINDS = ("jpeg-full", "latent-full", "jpeg-256", "latent")
 
 
@@ -141,9 +144,10 @@ LAYOUT = {"jpeg-full": "native", "latent-full": "native", "jpeg-256": "fixed", "
 
 def run_kinds(a, work: str, log=print) -> dict:
     counts = {c: max(c, int(n * a.scale)) for c, n in COUNTS.items()}
-    need = a.warmup + 1 + sum(counts.values())
-    small = make_images(need, seed=a.seed)
-    full = full_size_jpegs(need, seed=a.seed + 7)
+    need = {layout: a.warmup + 1 + sum(counts.values()) * max(CHEAP.get(k, 1) for k in KINDS if LAYOUT[k] == layout)
+            for layout in ("fixed", "native")}
+    small = make_images(need["fixed"], seed=a.seed)
+    full = full_size_jpegs(need["native"], seed=a.seed + 7)
     setups = [("none", [])] + ([("classifier", ["--classifier", a.classifier])] if a.classifier else [])
     rows, skipped, client_coded = [], [], {}
     for name, extra in setups:
@@ -170,18 +174,20 @@ def run_kinds(a, work: str, log=print) -> dict:
             finally:
                 if s.alive():
                     s.stop()
-    return {"rows": rows, "skipped": skipped, "counts": counts, "targets": kind_targets(rows)}
+    return {"rows": rows, "skipped": skipped, "counts": counts, "targets": kind_targets(rows),
+            "server_args": a.server_args.strip()}
 
 
 def _kind_rows(s, kind: str, name: str, items, counts: dict, a, log) -> list[dict]:
     rows = []
-    closed_loop(s.url, items[1: 1 + a.warmup], 4, a.row_s, s.headers())
+    closed_loop_raw(s.url, items[1: 1 + a.warmup], 4, a.row_s, s.headers())
     off = 1 + a.warmup
     for c in (1, 8, 32):
-        part = items[off: off + counts[c]]
-        off += counts[c]
+        n = counts[c] * CHEAP.get(kind, 1)
+        part = items[off: off + n]
+        off += n
         cpu0 = cpu_seconds(s.proc.pid)
-        r = closed_loop(s.url, part, c, a.row_s, s.headers())
+        r = closed_loop_raw(s.url, part, c, a.row_s, s.headers())
         cpu = cpu_seconds(s.proc.pid) - cpu0
         r.pop("_ok_lat", None)
         r.update(kind=kind, classifier=name, server_cpu_s=round(cpu, 2),
@@ -190,7 +196,8 @@ def _kind_rows(s, kind: str, name: str, items, counts: dict, a, log) -> list[dic
         rows.append(r)
         log(f"({kind:11} classifier {name:10}) concurrency {c:2}: {r['ok']:4}/{r['requests']:4} ok, "
             f"{r['rps']:7.2f} req/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, server "
-            f"{r['cpu_s_per_upload']} CPU-s/upload, {r['bytes_per_upload']:.0f} B/upload")
+            f"{r['cpu_s_per_upload']} CPU-s/upload, {r['bytes_per_upload']:.0f} B/upload, client "
+            f"{r['client_cpu_ms_per_request']} CPU-ms/request, per worker {r['uploads_per_worker']}")
     return rows
 
 
@@ -216,18 +223,23 @@ def kind_targets(rows: list[dict]) -> dict:
 def kinds_markdown(k: dict) -> list[str]:
     la = k.get("load_avg_1min", ["?", "?"])
     m = k.get("machine", {})
-    md = ["", "## Upload kinds (issue #30)", "", f"{k['date']}, commit {k['commit']}, codec {k['codec']}, "
-          f"{m.get('cpu', '?')} ({m.get('cores', '?')} cores, shared with other jobs, nothing paused: 1-minute load "
+    title = "## Upload kinds (issue #30)" + (f", `{k['server_args']}`" if k.get("server_args") else "")
+    md = ["", title, "", f"{k['date']}, commit {k['commit']}, codec {k['codec']}, "
+          f"{m.get('cpu', '?')} ({m.get('cores', '?')} cores; 1-minute load "
           f"average {la[0]} at the start, {la[1]} at the end), {k.get('seconds', 0):.0f} s. Command: `{k['command']}`",
           "", "Stores: (a) jpeg-full and (a') latent-full go to a `serve --native` store (photos kept whole), (b) "
-          "jpeg-256 and (c) latent to a fixed-size store (256 x 256), each kind on its own server; the client "
-          "(httpx threads) runs on the same cores. Server CPU-s: utime + stime of the server's process tree over "
-          "the row.", "",
+          "jpeg-256 and (c) latent to a fixed-size store (256 x 256), each kind on its own server "
+          f"(`{k.get('server_args') or 'one process'}`); the client (benchmarks/rawload.py: keep-alive sockets on one "
+          "asyncio loop, requests built before the clock) runs on the same cores, and its CPU per request is a "
+          "column. Server CPU-s: utime + stime of the server's process tree over the row. Per worker: accepted "
+          "uploads answered by each worker process.", "",
           "| kind | store | classifier | concurrency | requests | ok | 503 | errors | req/s | p50 ms | p99 ms | server "
-          "CPU-s per upload | bytes per upload |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "CPU-s per upload | client CPU-ms per request | per worker | bytes per upload |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['kind']} | {LAYOUT.get(r['kind'], '?')} | {r['classifier']} | {r['concurrency']} | {r['requests']} | "
            f"{r['ok']} | {r['rejected_503']} | {r['errors']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | "
-           f"{r['cpu_s_per_upload']} | {r['bytes_per_upload']:.0f} |" for r in k["rows"]]
+           f"{r['cpu_s_per_upload']} | {r.get('client_cpu_ms_per_request', '')} | "
+           f"{'/'.join(map(str, r.get('uploads_per_worker', [])))} | {r['bytes_per_upload']:.0f} |" for r in k["rows"]]
     md += [f"- skipped ({s['kind']}, classifier {s['classifier']}): {s['why']}" for s in k["skipped"]]
     md += [f"- {key}: {v}" for key, v in k["targets"].items()]
     return md

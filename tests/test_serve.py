@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -260,6 +261,33 @@ def test_batcher_dispatches_at_once_when_idle_and_batches_while_busy():
     assert b.drain(10)
 
 
+def test_batcher_takes_what_is_queued_when_waiting_would_not_pay():
+    """fill_pays False (a client's bitstream, no classifier): items that arrived while a batch ran go at once as
+    the next batch, not after max_delay_ms waiting for company (which capped latent uploads at batch / delay)."""
+    from latentstore.serve.batcher import BatcherConfig, DynamicBatcher
+    gate, sizes = threading.Event(), []
+
+    def run(xs):
+        sizes.append(len(xs))
+        if xs[0] == "slow":
+            gate.wait(10)
+        return xs
+    for pays, waits in ((lambda x: x != "cheap", False), (None, True)):
+        sizes.clear()
+        gate.clear()
+        b = DynamicBatcher(run, BatcherConfig(max_batch=8, max_delay_ms=4_000, queue_size=8), fill_pays=pays)
+        slow = b.submit("slow")
+        while not sizes:
+            time.sleep(0.01)
+        cheap = b.submit("cheap")  # queued while the model is busy: the next batch
+        gate.set()
+        slow.result(10)
+        t0 = time.monotonic()
+        cheap.result(10)
+        assert (time.monotonic() - t0 >= 3.0) is waits  # waiting pays: it waits the 4 s for a fuller batch
+        assert b.drain(10)
+
+
 @pytest.fixture()
 def socket_server(codec_path, tmp_path):
     """uvicorn serving the app on a free 127.0.0.1 port in a thread; its encoder slowed so the queue fills."""
@@ -451,8 +479,26 @@ def test_cli_workers_share_the_store_and_drain_on_sigterm(codec_path, tmp_path):
                           "--port", "0", "--workers", "2", "--device", "cpu"], stderr=subprocess.PIPE, text=True)
     try:
         url = p.stderr.readline().split()[-1]
-        with httpx.Client(timeout=30) as c:
-            assert wait_for(lambda: _ready(c, url), 180)
+        ready = set()
+
+        def both_ready() -> bool:  # each worker answers /readyz once loaded; fresh connections reach either
+            ready.add(_ready_pid(url))
+            return len(ready - {None}) == 2
+        assert wait_for(both_ready, 180)
+        # a burst of 32 connections at once: each worker listens on its own SO_REUSEPORT socket, so the kernel
+        # spreads them (on one shared socket, the first worker to wake accepted them all, 3 runs in 5)
+        host, port = url.split("//")[1].split(":")
+        conns = [socket.create_connection((host, int(port)), timeout=30) for _ in range(32)]
+        burst = set()
+        for s in conns:
+            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        for s in conns:
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            s.close()
+            burst.add(json.loads(data.split(b"\r\n\r\n", 1)[1])["pid"])
+        assert len(burst) == 2, burst
         acked, pids = [], set()
 
         def client(w):
@@ -474,6 +520,15 @@ def test_cli_workers_share_the_store_and_drain_on_sigterm(codec_path, tmp_path):
     assert rc == 0 and len(acked) == 24 and pids
     got = stored_shas(store)
     assert sorted(got) == sorted(set(acked)) and verify(store)["ok"]
+
+
+def _ready_pid(url: str):
+    """The pid of the worker that answered /readyz 200 on a fresh connection, else None."""
+    try:
+        r = httpx.get(url + "/readyz", timeout=5)
+        return r.json()["pid"] if r.status_code == 200 else None
+    except httpx.TransportError:
+        return None
 
 
 def _ready(c, url) -> bool:

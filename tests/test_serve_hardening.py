@@ -170,6 +170,53 @@ def test_a_busy_port_is_one_line_exit_2_before_the_store_is_created(codec_path, 
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_accepted_connections_send_without_waiting_for_acks():
+    """The listening socket says TCP (proto IPPROTO_TCP), so asyncio sets TCP_NODELAY on every connection it
+    accepts; with proto 0 it did not, and each answer's body waited ~45 ms for the client's delayed ACK."""
+    import asyncio
+    import socket as so
+
+    from latentstore.serve.server import listen_socket
+
+    async def main():
+        got = asyncio.get_running_loop().create_future()
+
+        async def handle(reader, writer):
+            got.set_result(writer.get_extra_info("socket").getsockopt(so.IPPROTO_TCP, so.TCP_NODELAY))
+            writer.close()
+        sock = listen_socket("127.0.0.1", 0)
+        server = await asyncio.start_server(handle, sock=sock)
+        _, w = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        nodelay = await asyncio.wait_for(got, 10)
+        w.close()
+        server.close()
+        return nodelay
+    assert asyncio.run(main()) == 1
+
+
+def test_sealer_lock_held_elsewhere_means_a_store_being_created(codec_path, tmp_path):
+    """With --workers, a worker that finds the store folder half made (no INIT.json yet) while another holds the
+    sealer lock waits for it; the same folder with the lock free is a foreign folder (one line, exit 2)."""
+    import fcntl
+
+    from latentstore.serve import ServeConfig
+    from latentstore.serve.service import SEALER_LOCK, IngestService
+    from latentstore.store.lock import LOCK_DIR
+    store = tmp_path / "half.zarr"
+    (store / LOCK_DIR).mkdir(parents=True)
+    (store / "zarr.json").write_text("{}")
+    svc = IngestService(ServeConfig(store=str(store), codec=codec_path, size=32, device="cpu"))
+    try:
+        with open(store / LOCK_DIR / SEALER_LOCK, "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            assert svc._sealer_busy()
+        assert not svc._sealer_busy()
+        with pytest.raises(UsageError, match="is not a latentstore store"):
+            svc.start()
+    finally:
+        svc.pool.shutdown(wait=False)
+
+
 def test_thin_and_oversized_geometry_is_refused_from_the_numbers():
     check_geometry(640, 480, 40_000_000, side=256)  # a photo passes
     check_geometry(8 * MAX_ASPECT, 8, 40_000_000, side=256)  # the thinnest allowed

@@ -173,7 +173,8 @@ def create_app(cfg: ServeConfig, service: IngestService | None = None) -> FastAP
         for name, v in (("label", label), ("key", key)):
             if v is not None and not (0 < len(v) <= 256 and v.isprintable()):
                 raise Rejected(400, f"{name} must be 1-256 printable characters", "bad_request")
-        return public(await svc.upload(data, label, key, t0, latent=latent, companion=companion))
+        # a JSONResponse as it is: the answer is plain JSON types already (FastAPI's encoder walked it again)
+        return JSONResponse(public(await svc.upload(data, label, key, t0, latent=latent, companion=companion)))
 
     @app.get("/v1/codec")
     async def get_codec(request: Request):  # what `upload --encode` codes with (latent_ingest.codec_response)

@@ -7,7 +7,9 @@
 One thread runs the model. When it is idle, a request is dispatched at once, with whatever else is queued
 (no fixed wait: at concurrency 1 a timer would only add latency). When it was busy, requests that
 arrived meanwhile form the next batch, and it waits up to max_delay_ms for the batch to fill, since
-more are arriving. The queue is bounded: submit raises QueueFull rather than building a backlog (the
+more are arriving, unless `fill_pays` says the batch's first item gains nothing from company (work whose cost
+per item does not fall with the batch: it takes what is queued, and arrivals during one batch form the next,
+which is group commit without a timer). The queue is bounded: submit raises QueueFull rather than building a backlog (the
 service answers 503 with Retry-After). A caller that stops waiting (a client that disconnected) does not
 cancel its item: the batch it is in runs and completes as if it had stayed. `drain()` stops intake and
 returns once every accepted item has its result (SIGTERM). Any engine (a Ray Serve deployment, one
@@ -45,12 +47,15 @@ class _Item:
 
 
 class DynamicBatcher:
-    def __init__(self, run_batch, cfg: BatcherConfig, on_batch=None, name: str = "batcher"):
+    def __init__(self, run_batch, cfg: BatcherConfig, on_batch=None, name: str = "batcher", fill_pays=None):
         """run_batch(list of x) -> list of results (or Exception instances), in order.
-        on_batch(size, queue_seconds list, compute_seconds): a metrics hook, called after each batch."""
+        on_batch(size, queue_seconds list, compute_seconds): a metrics hook, called after each batch.
+        fill_pays(x) -> bool: whether a batch starting with x is worth waiting up to max_delay_ms for (a model
+        that runs cheaper per item in a batch); False: it takes what is queued and goes (None: always True)."""
         if cfg.max_batch < 1 or cfg.queue_size < 1 or cfg.max_delay_ms < 0:
             raise ValueError("max_batch and queue_size must be >= 1, max_delay_ms >= 0")
         self.run_batch, self.cfg, self.on_batch = run_batch, cfg, on_batch
+        self.fill_pays = fill_pays
         self._q: queue.Queue[_Item] = queue.Queue(maxsize=cfg.queue_size)
         self._accepting = True
         self._busy = False
@@ -102,7 +107,8 @@ class DynamicBatcher:
                 if self._stop:
                     return
                 continue
-            batch = self._take(first, was_busy and self.cfg.max_batch > 1)
+            wait = was_busy and self.cfg.max_batch > 1 and (self.fill_pays is None or self.fill_pays(first.x))
+            batch = self._take(first, wait)
             t0 = time.perf_counter()
             try:
                 results = self.run_batch([it.x for it in batch])

@@ -32,7 +32,7 @@ class ServeConfig:
     device: str = "auto"  # auto | cpu | cuda: where the encoder and classifier run
     decode_threads: int = 4  # threads decoding uploads (and hashing, reconstructing)
     seal_interval_s: float = 1.0  # the sealer runs at least this often
-    seal_batch: int = 64  # ... and as soon as this many uploads wait in the intake log
+    seal_batch: int = 256  # ... and as soon as this many wait in the intake (a shard: a round rewrites its open shard whole)
     workers: int = 1  # uvicorn worker processes sharing the store (one of them seals)
     drain_wait_s: float = 10.0  # at shutdown the sealer waits this long at most for other workers' last records
     header_timeout_s: float = 10.0  # a request's headers must arrive within this; else the connection is dropped

@@ -43,6 +43,13 @@ STATE_DIR = "_serve"  # inside the store: intake, journal, index.sqlite
 SEALER_LOCK = "serve-sealer.lock"  # in the store's _locks/: held (flock) by the one sealing process
 
 
+# A body up to this size is hashed on the event loop, and a client's bitstream for a fixed-size store is checked
+# there too (its size is bounded to S x S before a lane decodes: about 0.1 ms for ls-c16 at 256 px). A hop to the
+# decode pool and back costs more than that work, in wake-ups and GIL handoffs: it was most of a latent upload's
+# server time. Pixels, and a native store's bitstreams (any size), still go to the pool.
+INLINE_BYTES = 64 << 10
+
+
 def image_id(sha: str) -> str:
     return sha[:32]  # stable: the same bytes always get the same id
 
@@ -81,7 +88,7 @@ class IngestService:
         from ..store.append import init_record
         if os.path.exists(os.path.join(cfg.store, "_parts", "INIT.json")):
             self.engine.bind(init_record(cfg.store))  # the codec and layout checked before anything is written
-        elif os.path.isdir(cfg.store) and set(os.listdir(cfg.store)) - {LOCK_DIR}:
+        elif os.path.isdir(cfg.store) and set(os.listdir(cfg.store)) - {LOCK_DIR} and not self._sealer_busy():
             raise UsageError(f"{cfg.store} exists and is not a latentstore store (no _parts/INIT.json); "
                              "give a new STORE, or an existing store")
         os.makedirs(os.path.join(cfg.store, LOCK_DIR), exist_ok=True)
@@ -100,10 +107,25 @@ class IngestService:
         # A queue of only --queue refused admitted uploads whenever the batcher had not yet taken its batch off it
         # (or took a short one): a 503 'queue full' for an upload admission had let in
         self.batcher = DynamicBatcher(self._run_batch, BatcherConfig(cfg.max_batch, cfg.max_delay_ms, self.admit_limit),
-                                      on_batch=self.metrics.on_batch)
+                                      on_batch=self.metrics.on_batch, fill_pays=self._fill_pays)
         self._bg = threading.Thread(target=self._background, name="sealer", daemon=True)
         self._bg.start()
         self.ready = True
+
+    def _sealer_busy(self) -> bool:
+        """Another process holds the sealer lock: with `--workers`, a store without INIT.json yet is one being
+        created by the worker that took it (this one waits for it), not a foreign folder."""
+        try:
+            f = open(os.path.join(self.cfg.store, LOCK_DIR, SEALER_LOCK), "rb")
+        except OSError:
+            return False
+        with f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return False
 
     def _try_become_sealer(self) -> bool:
         path = os.path.join(self.cfg.store, LOCK_DIR, SEALER_LOCK)
@@ -276,13 +298,18 @@ class IngestService:
 
     async def _upload(self, data: bytes, label, key, t_start: float, held: list, latent: bool, companion) -> dict:
         loop = asyncio.get_running_loop()
-        sha = await loop.run_in_executor(self.pool, lambda: hashlib.sha256(data).hexdigest())
+        small = len(data) + len(companion or b"") <= INLINE_BYTES
+        sha = hashlib.sha256(data).hexdigest() if small else \
+            await loop.run_in_executor(self.pool, lambda: hashlib.sha256(data).hexdigest())
         known = self.pending.known(sha, key, self.index, image_id(sha))
         if known is not None:
             self.metrics.uploads.labels("duplicate").inc()
             return {**known, **label_note(known, label), "duplicate": True, "timings_ms": {"total": round((time.perf_counter() - t_start) * 1e3, 2)}}
         t0 = time.perf_counter()
-        rgb = await loop.run_in_executor(self.pool, self._decode, data, latent, companion)
+        if latent and small and self.native is None:  # S x S at most (checked before any lane decodes): ~0.1 ms
+            rgb = self._decode(data, latent, companion)
+        else:
+            rgb = await loop.run_in_executor(self.pool, self._decode, data, latent, companion)
         full = rgb[2] if len(rgb) > 2 else None
         t1 = time.perf_counter()
         meta = {"id": image_id(sha), "sha256": sha, "label": label, "key": key, "size": list(rgb[1]),
@@ -313,6 +340,13 @@ class IngestService:
             return c, (c.header.H, c.header.W)
         rgb = screen_and_decode(data, self.cfg.max_pixels, self.engine.side)
         return self.engine.prepare(rgb), rgb.shape[:2]
+
+    def _fill_pays(self, job: _Job) -> bool:
+        """Waiting for a fuller batch pays for the models only: pixels go through the encoder, and with a classifier
+        every upload does. A client's bitstream without a classifier costs the batch ~0.1 ms either way: waiting
+        max_delay_ms for company would only hold its answer (and cap the rate at batch / max_delay_ms)."""
+        from .latent_ingest import CheckedLatent
+        return self.engine.classifier is not None or not isinstance(job.rgb, CheckedLatent)
 
     def _run_batch(self, jobs: list[_Job]) -> list:
         """The batcher's thread: encode + classify the batch, then append its records durably (one fsync)."""
