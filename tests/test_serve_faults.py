@@ -186,3 +186,32 @@ def test_a_full_tmpfs_loses_no_acknowledged_upload_and_recovers_when_space_retur
     assert res["not_ready_while_full"] and res["ready_again"] and res["after_space_returned"] == 200, res
     assert res["lost"] == 0 and res["twice"] == 0 and res["refused_stored"] == 0 and res["verify_ok"], res
     assert res["present"] == res["acked"] and res["sigterm_rc"] == 0, res
+
+
+def test_a_segment_being_created_is_never_taken_as_orphaned(tmp_path, monkeypatch):
+    """The sealer's closed_segments runs while the batcher opens a new segment, between the file's creation and
+    its flock (where the GIL may switch threads). A segment created under its `.open` name was then unlocked:
+    taken as orphaned (renamed .log) while its writer went on appending, so those acknowledged records would be
+    sealed away or lost, and the next rotate failed with FileNotFoundError (seen under load)."""
+    import fcntl
+
+    from latentstore.serve import wal
+    d = str(tmp_path / "intake")
+    log = wal.IntakeLog(d, "owner")
+    taken = []
+    real_flock = fcntl.flock
+
+    def flock_after_a_sealer_look(fd, op):  # the sealer thread's turn comes just before the writer's flock
+        if op & fcntl.LOCK_EX and not taken:
+            taken.append(None)  # once (closed_segments flocks too)
+            taken[0] = wal.closed_segments(d)
+        return real_flock(fd, op)
+    monkeypatch.setattr(wal.fcntl, "flock", flock_after_a_sealer_look)
+    recs = [WalRecord.of_payload({"sha256": f"{i:064x}", "slot": i}, bytes([i]) * 10) for i in range(3)]
+    log.append(recs[:2])
+    log.append(recs[2:])
+    assert taken == [[]]  # the sealer saw no segment it could take
+    closed = log.rotate()  # FileNotFoundError before the fix
+    got, _, _ = read_records(closed)
+    assert [r.meta["sha256"] for r in got] == [r.meta["sha256"] for r in recs]
+    assert sorted(os.listdir(d)) == [os.path.basename(closed)]

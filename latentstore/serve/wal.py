@@ -31,6 +31,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass, field
 
@@ -198,6 +199,9 @@ class _FdWriter:
         pass
 
 
+NEW_SUFFIX = ".new"  # a segment being created (`<owner>-<seq>.open.new`), not yet locked and named
+
+
 class IntakeLog:
     """One process's intake segments. append() is called by the batcher thread, rotate() by the sealer."""
 
@@ -211,11 +215,17 @@ class IntakeLog:
         self._seq = 0
 
     def _open(self) -> None:
+        """A new segment, locked before it has its `.open` name: created as `.open.new`, flocked, then renamed.
+        Created as `.open` directly, the sealer could see it between the create and the flock, find its lock free,
+        take it as orphaned (renamed .log, sealed, deleted) while this process went on appending to it: those
+        uploads were acknowledged, then gone with the unlinked file (seen under load: the next rotate failed
+        with FileNotFoundError)."""
         self._seq += 1
         self._path = os.path.join(self.dir, f"{self.owner}-{self._seq:08d}.open")
-        f = open(self._path, "ab")
+        f = open(self._path + NEW_SUFFIX, "ab")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while this process writes it
+            os.replace(self._path + NEW_SUFFIX, self._path)  # the lock stays with the file
             FAULTS.check("intake.open")
             fsync_dir(self.dir)
         except OSError:
@@ -306,13 +316,21 @@ def live_segments(directory: str) -> int:
 
 
 def closed_segments(directory: str) -> list[str]:
-    """Segments ready to seal: rotated ones, and open ones whose writer is gone (its flock is free)."""
+    """Segments ready to seal: rotated ones, and open ones whose writer is gone (its flock is free). A `.open.new`
+    left by a writer killed before it named its segment holds no record: removed once stale and unlocked."""
     if not os.path.isdir(directory):
         return []
     out = []
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
-        if name.endswith(".log"):
+        if name.endswith(NEW_SUFFIX):
+            try:  # a minute old: never one a live writer is naming (microseconds between create and rename)
+                stale = time.time() - os.stat(path).st_mtime > 60 and os.path.getsize(path) == 0
+            except FileNotFoundError:
+                continue
+            if stale and _held(path) is False:
+                os.remove(path)
+        elif name.endswith(".log"):
             out.append(path)
         elif name.endswith(".open"):
             try:
