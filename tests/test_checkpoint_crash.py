@@ -76,15 +76,20 @@ def test_an_old_layout_checkpoint_resumes_exactly_and_is_converted(tmp_path):
     assert tensors_files(run) == [_meta(run)["tensors_file"]] and TENSORS not in os.listdir(run)
 
 
+OLD_LAYOUT_COMMIT = "c9539a6"  # train/programme/ls-c8 as ckpt.json + ckpt.safetensors, before the content-addressed names
+
+
 def test_the_committed_programme_checkpoint_loads_and_saves_again_unchanged(tmp_path):
     from latentstore.codec.model import LatentCodec
     from latentstore_train.codec import run_config
     old = tmp_path / "committed"
     old.mkdir()
-    for name in ("ckpt.json", "ckpt.safetensors", "config.json"):  # HEAD's copy: the programme may be writing
-        got = subprocess.run(["git", "show", f"HEAD:train/programme/ls-c8/{name}"], cwd=REPO, capture_output=True)
+    for name in ("ckpt.json", "ckpt.safetensors", "config.json"):
+        # the last commit of the old layout (later saves renamed the tensors ckpt-<sha12>.safetensors)
+        got = subprocess.run(["git", "show", f"{OLD_LAYOUT_COMMIT}:train/programme/ls-c8/{name}"], cwd=REPO,
+                             capture_output=True)
         if got.returncode:
-            pytest.skip("no git checkout with the committed programme")
+            pytest.skip(f"no git history with the programme's old-layout checkpoint ({OLD_LAYOUT_COMMIT})")
         (old / name).write_bytes(got.stdout)
     cfg = run_config(str(old))
     model = LatentCodec(cfg.codec)
