@@ -98,3 +98,22 @@ def test_v1_stores_stay_on_zarrs_path(codec, codec_path, tmp_path):
     meta = json.load(open(tmp_path / "v1" / "latents" / "zarr.json"))
     assert meta["codecs"][0]["configuration"]["codecs"][0]["name"] == "latentstore.ans"
     assert np.array_equal(zarr.open_group(str(tmp_path / "v1"), mode="r")["latents"][:], sym)
+
+
+def test_symbol_statistics_of_mixed_shapes_match_a_count_per_sample():
+    """symbol_counts and the v2 context counts stack a shard's same-shape samples (one bincount per shape): the
+    counts must equal counting each sample on its own, shapes mixed as in a native store."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from latentstore.codec.entropy.rans_v2 import context_counts
+    from latentstore.store.writer import same_shape_stacks, symbol_counts
+    rng = np.random.default_rng(3)
+    shapes = [(16, 32, 32)] * 3 + [(16, 17, 9), (16, 32, 32), (16, 1, 40)]
+    samples = [SimpleNamespace(symbols=rng.integers(0, 6, size=sh, dtype=np.uint8)) for sh in shapes]
+    one_by_one = sum(np.stack([np.bincount(s.symbols[c].ravel(), minlength=6) for c in range(16)]) for s in samples)
+    assert np.array_equal(symbol_counts(samples, 16, 6), one_by_one)
+    assert np.array_equal(sum(context_counts(st, 6) for st in same_shape_stacks(samples)),
+                          sum(context_counts(s.symbols, 6) for s in samples))
+    assert len(same_shape_stacks(samples)) == 3

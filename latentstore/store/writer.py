@@ -75,12 +75,21 @@ def sha256_file(path: str) -> str:
         os.close(fd)
 
 
+def same_shape_stacks(samples: list[Sample]):
+    """The samples' symbols as (N, C, h, w) stacks, one per latent shape (a fixed-size store has one; the service
+    recounts a whole shard at each seal, where a loop of per-sample bincounts was a third of its sealer's time)."""
+    by_shape: dict[tuple, list[np.ndarray]] = {}
+    for s in samples:
+        by_shape.setdefault(tuple(s.symbols.shape), []).append(s.symbols)
+    return [np.stack(group) for group in by_shape.values()]
+
+
 def symbol_counts(samples: list[Sample], C: int, L: int) -> np.ndarray:
     """(C, L) symbol counts of samples; conversion passes the kernel's own histograms instead."""
     hist = np.zeros((C, L), dtype=np.int64)
-    for s in samples:
-        flat = s.symbols.reshape(C, -1).astype(np.int64)
-        hist += np.stack([np.bincount(flat[c], minlength=L) for c in range(C)])
+    for stack in same_shape_stacks(samples):
+        idx = np.arange(C, dtype=np.int64)[None, :, None] * L + stack.reshape(len(stack), C, -1)
+        hist += np.bincount(idx.ravel(), minlength=C * L).reshape(C, L)
     return hist
 
 
@@ -167,7 +176,7 @@ class StoreWriter:
             return cross_entropy_bits(counts, self.freqs)
         from ..codec.entropy.rans_v2 import PROB_SCALE, context_counts
         L = self.freqs.shape[1]
-        ctx = sum(context_counts(s.symbols, L) for s in samples)
+        ctx = sum(context_counts(stack, L) for stack in same_shape_stacks(samples))
         return float(-(ctx * np.log2(schema_tables(self.schema, coder) / PROB_SCALE)).sum())
 
     def record_notes(self, notes: list[dict]) -> None:
