@@ -36,7 +36,7 @@ from .native import FullLatent, NativeCoder, read_blobs, stored_fields
 from .pending import PendingUploads, label_note
 from .sealer import Sealer
 from .uploads import Rejected, screen_and_decode
-from .wal import IntakeLog, WalRecord, live_segments
+from .wal import IntakeLog, WalRecord, live_segments, lock_held
 
 log = logging.getLogger("latentstore.serve")
 STATE_DIR = "_serve"  # inside the store: intake, journal, index.sqlite
@@ -115,17 +115,7 @@ class IngestService:
     def _sealer_busy(self) -> bool:
         """Another process holds the sealer lock: with `--workers`, a store without INIT.json yet is one being
         created by the worker that took it (this one waits for it), not a foreign folder."""
-        try:
-            f = open(os.path.join(self.cfg.store, LOCK_DIR, SEALER_LOCK), "rb")
-        except OSError:
-            return False
-        with f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                return True
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-            return False
+        return bool(lock_held(os.path.join(self.cfg.store, LOCK_DIR, SEALER_LOCK)))
 
     def _try_become_sealer(self) -> bool:
         path = os.path.join(self.cfg.store, LOCK_DIR, SEALER_LOCK)

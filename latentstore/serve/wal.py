@@ -294,8 +294,8 @@ class IntakeLog:
                 f.close()
 
 
-def _held(path: str) -> bool | None:
-    """Is this file flock-held by a live writer? None when it is gone."""
+def lock_held(path: str) -> bool | None:
+    """Is this file flock-held by a live process (an intake writer, the sealer)? None when it is gone."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -312,7 +312,7 @@ def _held(path: str) -> bool | None:
 def live_segments(directory: str) -> int:
     """Open segments that a live process is still writing (other workers, at shutdown)."""
     names = os.listdir(directory) if os.path.isdir(directory) else []
-    return sum(bool(_held(os.path.join(directory, n))) for n in names if n.endswith(".open"))
+    return sum(bool(lock_held(os.path.join(directory, n))) for n in names if n.endswith(".open"))
 
 
 def closed_segments(directory: str) -> list[str]:
@@ -328,7 +328,7 @@ def closed_segments(directory: str) -> list[str]:
                 stale = time.time() - os.stat(path).st_mtime > 60 and os.path.getsize(path) == 0
             except FileNotFoundError:
                 continue
-            if stale and _held(path) is False:
+            if stale and lock_held(path) is False:
                 os.remove(path)
         elif name.endswith(".log"):
             out.append(path)
