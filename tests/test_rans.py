@@ -63,6 +63,27 @@ def test_fit_tables_rows_sum_to_4096_with_every_symbol_codable():
     assert np.array_equal(t, r.fit_tables(sym.copy(), L)), "fitting is deterministic"
 
 
+@pytest.mark.parametrize("shape", [(3, 16, 32, 32), (1, 5, 1, 7), (2, 3, 17, 9), (16, 1, 1)])
+@pytest.mark.parametrize("L_", [2, 6, 11])
+def test_context_counts_kernel_matches_its_reference(shape, L_):
+    """The numba counting kernel against the numpy definition, on odd shapes, int64 and non-contiguous input."""
+    rng = np.random.default_rng(sum(shape) + L_)
+    sym = rng.integers(0, L_, size=shape)
+    want = r.context_counts_reference(sym, L_)
+    assert np.array_equal(r.context_counts(sym, L_), want)
+    assert np.array_equal(r.context_counts(sym.astype(np.uint8), L_), want)
+    flipped = sym[..., ::-1]  # a view with a negative stride
+    assert np.array_equal(r.context_counts(flipped, L_), r.context_counts_reference(np.ascontiguousarray(flipped), L_))
+    assert r.context_counts(sym, L_).sum() == sym.size
+
+
+def test_context_counts_refuses_symbols_outside_the_alphabet():
+    with pytest.raises(ValueError, match="out of range"):
+        r.context_counts(np.full((2, 3, 4), 6, np.uint8), 6)
+    with pytest.raises(ValueError, match="out of range"):
+        r.context_counts(np.full((2, 3, 4), -1, np.int64), 6)
+
+
 def test_fit_tables_uses_the_context():
     """Symbols that repeat the one above: the 'same as above' entry dominates each row."""
     sym = np.repeat(np.random.default_rng(0).integers(0, L, size=(50, 4, 1, 16)), 6, axis=2).astype(np.uint8)

@@ -177,6 +177,9 @@ def test_status_codes_and_nothing_rejected_is_stored(served):
     for status, reason in (("401", "unauthorized"), ("403", "forbidden"), ("413", "too_large"),
                            ("415", "not_an_image"), ("422", "pixel_limit")):
         assert f'latentstore_rejects_total{{reason="{reason}",status="{status}"}}' in metrics
+    # the upload's fast path (app.IngestApp) is counted under its route, as FastAPI's routes are
+    assert 'latentstore_requests_total{method="POST",route="/v1/images",status="413"} 2.0' in metrics
+    assert 'route="unmatched"' not in metrics
     seal(svc)
     assert len(ls.open_store(store)) == before  # nothing of a rejected upload reached the store
     assert json.loads(c.get("/readyz", headers=auth(READ)).text)["ready"] is True

@@ -86,10 +86,10 @@ def same_shape_stacks(samples: list[Sample]):
 
 def symbol_counts(samples: list[Sample], C: int, L: int) -> np.ndarray:
     """(C, L) symbol counts of samples; conversion passes the kernel's own histograms instead."""
+    from ..codec.entropy.rans_v2 import context_counts  # one numba pass; summed over contexts
     hist = np.zeros((C, L), dtype=np.int64)
     for stack in same_shape_stacks(samples):
-        idx = np.arange(C, dtype=np.int64)[None, :, None] * L + stack.reshape(len(stack), C, -1)
-        hist += np.bincount(idx.ravel(), minlength=C * L).reshape(C, L)
+        hist += context_counts(stack, L).sum(1)
     return hist
 
 

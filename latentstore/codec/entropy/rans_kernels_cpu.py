@@ -35,6 +35,22 @@ GROUP = 8  # lanes decoded together
 U = np.uint64
 
 
+# ----------------------------------------------------------------------------------- counts
+@njit(cache=True, nogil=True)
+def context_count_into(s, L, out):
+    """out[c, ctx, sym] += 1 for each symbol, ctx the symbol above (L in row 0): rans_v2.context_counts's
+    kernel, one pass over uint8 symbols (numpy's bincount of int64 indices took ~14x longer: the service
+    recounts a shard at every seal). The caller has checked every symbol < L, so no index leaves `out`."""
+    N, C, h, w = s.shape
+    for n in range(N):
+        for c in range(C):
+            for x in range(w):
+                out[c, L, s[n, c, 0, x]] += 1
+            for y in range(1, h):
+                for x in range(w):
+                    out[c, s[n, c, y - 1, x], s[n, c, y, x]] += 1
+
+
 # ----------------------------------------------------------------------------------- encode
 @njit(cache=True, nogil=True)
 def _encode_image(sym, cum, L, C, h, w, K, words, counts, states, base, crow):

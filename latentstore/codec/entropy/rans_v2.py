@@ -103,7 +103,23 @@ def check_tables(tables: np.ndarray, C: int, L: int) -> None:
 
 
 def context_counts(symbols: np.ndarray, L: int) -> np.ndarray:
-    """(N, C, h, w) or (C, h, w) symbols -> (C, L+1, L) int64 counts of (channel, context, symbol)."""
+    """(N, C, h, w) or (C, h, w) symbols -> (C, L+1, L) int64 counts of (channel, context, symbol).
+    Counted by a numba kernel (rans_kernels_cpu.context_count_into); context_counts_reference defines it."""
+    s = _as_batch(symbols)
+    if s.ndim != 4:
+        raise ValueError(f"symbols have shape {s.shape}, expected (N, C, h, w) or (C, h, w)")
+    if s.size and (int(s.min()) < 0 or int(s.max()) >= L):
+        raise ValueError(f"symbols out of range: [{int(s.min())}, {int(s.max())}] for L = {L}")
+    if L > 256 or s.shape[2] == 0:
+        return context_counts_reference(s, L)
+    from . import rans_kernels_cpu as kc
+    out = np.zeros((s.shape[1], L + 1, L), dtype=np.int64)
+    kc.context_count_into(np.ascontiguousarray(s, dtype=np.uint8), L, out)
+    return out
+
+
+def context_counts_reference(symbols: np.ndarray, L: int) -> np.ndarray:
+    """What context_counts computes, in numpy: the context of row 0 is L, of every other row the symbol above."""
     s = _as_batch(symbols)
     N, C, h, w = s.shape
     ctx = np.full(s.shape, L, dtype=np.int64)
