@@ -32,7 +32,7 @@ from benchmarks.rawload import closed_loop_raw
 from benchmarks.serve import ServerProcess, _children, make_images
 
 COUNTS = {1: 16, 8: 64, 32: 128}  # requests per row (each row also stops at --row-s) ...
-CHEAP = {"latent": 16, "latent-full": 4}  # ... times this for the kinds that run at hundreds per second, so their rows
+CHEAP = {"latent": 32, "latent-full": 4}  # ... times this for the kinds that run at hundreds per second, so their rows
                                          # last seconds, not a tenth of one (each request is a distinct upload)
 KINDS = ("jpeg-full", "latent-full", "jpeg-256", "latent")
 

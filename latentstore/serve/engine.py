@@ -67,6 +67,7 @@ class IngestEngine:
         self.device = resolve_device(device)
         base = load_codec(codec)
         self.model = copy.deepcopy(base).to(self.device).eval()
+        self._codec_tables = None  # the codec's own v2 tables as numpy, made at the first client bitstream
         if self.device == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.classifier = None
@@ -178,7 +179,10 @@ class IngestEngine:
         its tables when needed."""
         from .latent_ingest import LatentBounds, check_latent_upload
         bounds = LatentBounds(max_pixels=max_pixels, side=None if full else self.side)
-        return check_latent_upload(data, self.model, bounds, self.enc.tables)
+        if self._codec_tables is None:  # the served codec is frozen: its tables never change
+            from ..codec.entropy.rans_v2 import RANS_V2
+            self._codec_tables = self.model.entropy.tables(RANS_V2.id)
+        return check_latent_upload(data, self.model, bounds, self.enc.tables, self._codec_tables)
 
     def _predict(self, symbols: np.ndarray) -> list[list[dict]]:
         return self.predict_latents(self.centres_t[torch.from_numpy(symbols).to(self.device).long()])

@@ -201,7 +201,7 @@ def _prepared(tables: np.ndarray, C: int) -> tuple[tuple[np.ndarray, np.ndarray]
     t = np.asarray(tables)
     if t.ndim != 3 or t.shape[0] != C or t.shape[1] != t.shape[2] + 1:
         raise ValueError(f"rANS tables have shape {t.shape}, expected (C, L+1, L) with C = {C}")
-    if not np.issubdtype(t.dtype, np.integer) or t.min() < 0 or t.max() > 0xFFFF:
+    if t.dtype != np.uint16 and (not np.issubdtype(t.dtype, np.integer) or t.min() < 0 or t.max() > 0xFFFF):
         check_tables(t, C, t.shape[2])  # raises the precise message
     return _cum_cached(np.ascontiguousarray(t, dtype=np.uint16).tobytes(), t.shape), t.shape[2]
 
