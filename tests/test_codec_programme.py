@@ -137,12 +137,22 @@ def test_the_programme_runs_points_round_robin_and_reports(tmp_path):
     root = tmp_path / "programme"
     done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, rounds=2, results_dir=str(tmp_path / "res"),
                          points=("ls-c8", "ls-c16"))
-    assert [d["name"] for d in done] == ["ls-c8", "ls-c16", "ls-c8", "ls-c16"]
+    assert sorted(d["name"] for d in done[:2]) == sorted(d["name"] for d in done[2:]) == ["ls-c16", "ls-c8"]
     assert [d["steps"] for d in done] == [1, 1, 2, 2]  # each chunk resumed where the last stopped
     readme = (root / "README.md").read_text()
     assert "| ls-c8 | 2 | 8 |" in readme and "codec_programme --recipe smoke" in readme
     manifest = json.load(open(tmp_path / "res" / "corpus.json"))
     assert manifest["photos"] and manifest["excluded"]
+
+
+def test_each_round_starts_with_the_least_trained_point(tmp_path):
+    from latentstore_train.codec_programme import least_trained_first
+    for name, cpu_s in (("ls-c8", 5000.0), ("ls-c16", 6500.0), ("ls-c32", 3300.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ckpt.json").write_text(json.dumps({"step": 1, "config": {"steps": 9},
+                                                               "cpu_seconds": cpu_s}))
+    assert least_trained_first(str(tmp_path), ("ls-c8", "ls-c16", "ls-c32")) == ["ls-c32", "ls-c8", "ls-c16"]
+    assert least_trained_first(str(tmp_path), ("ls-c16", "ls-new")) == ["ls-new", "ls-c16"]  # not started: first
 
 
 def test_a_point_another_worker_holds_is_skipped(tmp_path):
