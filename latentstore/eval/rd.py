@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +126,11 @@ def write_csv(pts: list[RDPoint], path: str) -> None:
             w.writerow([p.photo, p.method, p.setting, f"{p.bpp:.5f}", f"{p.psnr:.4f}", f"{p.msssim:.5f}", p.bytes])
 
 
+def _short(codec: str) -> str:
+    """A codec's label on the plot: a codec file's name without folder and suffix (a path ran off the figure)."""
+    return os.path.splitext(os.path.basename(codec))[0] if codec.endswith(".safetensors") else codec
+
+
 def plot(pts: list[RDPoint], codec_names: list[str], path: str, title: str = "") -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -145,7 +151,7 @@ def plot(pts: list[RDPoint], codec_names: list[str], path: str, title: str = "")
         ys = [np.mean([getattr(p, key) for p in pts if p.method == c]) for c in codec_names]
         ax.plot(xs, ys, "*-", color="crimson", ms=12, label="latentstore (C=8/16/32)")
         for c, x, y in zip(codec_names, xs, ys):
-            ax.annotate(c, (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
+            ax.annotate(_short(c), (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
         ax.set_xlim(0, max(1.2, max(xs) * 1.5))
         ax.set_xlabel("bits per pixel (real bytes)")
         ax.set_ylabel(label)
@@ -153,7 +159,7 @@ def plot(pts: list[RDPoint], codec_names: list[str], path: str, title: str = "")
         if key == "msssim":
             ax.set_ylim(0.75, 1.0)
         ax.legend(fontsize=8)
-    fig.suptitle(title or "Rate-distortion, mean over photos")
+    fig.suptitle("\n".join(textwrap.fill(line, 110, break_on_hyphens=False) for line in (title or "Rate-distortion, mean over photos").splitlines()))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
