@@ -291,6 +291,70 @@ def test_segmentation_stops_on_a_corrupt_latent_or_mask_and_skip_corrupt_counts(
         LatentMapDataset(m, crop=None).samples(range(len(open_store(m))))
 
 
+def _rewrite_tar(src: str, dst: str, change) -> None:
+    """A copy of tar src with each member's bytes passed through change(name, data)."""
+    import io
+    import tarfile
+    with tarfile.open(src) as tin, tarfile.open(dst, "w", format=tarfile.USTAR_FORMAT) as tout:
+        for m in tin:
+            data = change(m.name, tin.extractfile(m).read())
+            ti = tarfile.TarInfo(m.name)
+            ti.size, ti.mtime, ti.mode = len(data), 0, 0o644
+            tout.addfile(ti, io.BytesIO(data))
+
+
+def test_a_webdataset_mask_is_checked_on_every_read(seg_stores, codec_path, tmp_path):
+    """A WebDataset mask carries its crc32 in the sample's .json: a flipped bit in it is a CorruptSampleError
+    naming the sample. A store written before that field (stripped here) has its tar checked whole, once,
+    against the sha256 of its commit record."""
+    import glob
+    import json
+    from latentstore.store.writer import sha256_file
+    src = os.path.join(os.path.dirname(seg_stores["train"]), "voc", "ImageSets", "Segmentation", "train.txt")
+    wds = str(tmp_path / "wds")
+    make_store(src, wds, codec_path, fmt="wds", size=32)
+    s = open_store(wds)
+    assert s.schema.has_masks and all(s.backend.mask(int(i)) is not None for i in s.slots)
+    tar = sorted(glob.glob(os.path.join(wds, "*.tar")))[0]
+
+    def flip_first_mask(name, data):
+        if name.endswith(".mask.npy") and not flip_first_mask.done:
+            flip_first_mask.done = True
+            data = bytearray(data)
+            data[-3] ^= 0x10  # in the mask's values, past the npy header
+            return bytes(data)
+        return data
+    flip_first_mask.done = False
+    bad = str(tmp_path / "bad")
+    shutil.copytree(wds, bad)
+    _rewrite_tar(tar, os.path.join(bad, os.path.basename(tar)), flip_first_mask)
+    b = open_store(bad)
+    with pytest.raises(CorruptSampleError, match="mask fails its checksum"):
+        [b.backend.mask(int(i)) for i in b.slots]
+
+    def legacy(name, data):  # no mask_crc32 in the .json, as before it was written
+        if name.endswith(".json"):
+            meta = json.loads(data)
+            meta.pop("mask_crc32")
+            return json.dumps(meta, sort_keys=True).encode()
+        return data
+    for variant, change in (("old", legacy), ("old-bad", lambda n, d: flip_first_mask(n, legacy(n, d)))):
+        d = str(tmp_path / variant)
+        shutil.copytree(wds, d)
+        flip_first_mask.done = False
+        _rewrite_tar(tar, os.path.join(d, os.path.basename(tar)), change)
+        if variant == "old":  # its commit record names the rewritten tar's sha256: an intact old store
+            st = open_store(d)
+            rel = os.path.basename(tar)
+            st.backend.schema.checksums = {**st.backend.schema.checksums, rel: sha256_file(os.path.join(d, rel))}
+            assert all(st.backend.mask(int(i)) is not None for i in st.slots)
+            assert st.backend._tars_checked == {os.path.join(d, rel)}  # hashed once, not once per mask
+        else:  # the recorded sha256 is the original tar's: the flipped bit fails it
+            st = open_store(d)
+            with pytest.raises(CorruptSampleError, match="fails its checksum"):
+                [st.backend.mask(int(i)) for i in st.slots]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_verify_names_the_damaged_sample_once(stores, kind, tmp_path):
     """verify's decode pass reports a CorruptSampleError as it is (one line already naming the store, shard and

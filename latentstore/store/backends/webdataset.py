@@ -3,14 +3,15 @@
 Members of sample KEY (KEY = s + the 9-digit slot):
     KEY.latent     the complete latentstore bitstream (header + entropy-coded payload)
     KEY.cls        the label as decimal text
-    KEY.json       {"size", "stored_size", "source", "label", "slot"}
+    KEY.json       {"size", "stored_size", "source", "label", "slot"} (+ "mask_crc32" with a mask)
     KEY.mask.npy   the class mask (uint8), when the store has masks
 The schema is `schema.json` beside the shards. Shards are indexed once (member offsets) and read
 with positioned reads, so any DataLoader worker can fetch any sample.
 Integrity on every read: a `.latent` carries its own CRC (checked with every lane when it is decoded); the
 index refuses a tar that ends early (a damaged header ends Python's tar walk silently), a member of another
 shard or a repeated one, a `.cls` that disagrees with its `.json` (label, slot), and a count of samples other
-than the schema's. Remote tars are checked whole against the schema's sha256 when fetched (base.blobs).
+than the schema's; a `.mask.npy` is checked against the crc32 its `.json` records (stores written before it had
+one: its tar, whole, once). Remote tars are checked whole against the schema's sha256 when fetched (base.blobs).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import json
 import os
 import re
 import tarfile
+import zlib
 
 import numpy as np
 
@@ -57,6 +59,7 @@ class WebDatasetBackend(Backend):
         super().__init__(root, schema)
         self._index: dict | None = None
         self._sizes: dict[str, int] = {}
+        self._tars_checked: set[str] = set()  # local tars hashed whole (masks of stores without a mask crc32)
 
     def tar_path(self, k: int) -> str:
         return join(self.root, f"{self.schema.name}-{k:06d}.tar")
@@ -102,12 +105,16 @@ class WebDatasetBackend(Backend):
                 key = sample_key(s.slot)
                 meta = {"size": list(s.size), "stored_size": list(s.stored_size), "source": s.source,
                         "label": s.label, "slot": s.slot}
-                members = [(LATENT, s.bitstream), (CLS, str(s.label).encode()),
-                           (META, json.dumps(meta, sort_keys=True).encode())]
+                mask = None
                 if s.mask is not None:
                     m = io.BytesIO()
                     np.save(m, s.mask, allow_pickle=False)
-                    members.append((MASK, m.getvalue()))
+                    mask = m.getvalue()
+                    meta["mask_crc32"] = zlib.crc32(mask)  # the mask's own check (a bitstream carries its CRC)
+                members = [(LATENT, s.bitstream), (CLS, str(s.label).encode()),
+                           (META, json.dumps(meta, sort_keys=True).encode())]
+                if mask is not None:
+                    members.append((MASK, mask))
                 for ext, data in members:
                     ti = tarfile.TarInfo(f"{key}.{ext}")
                     ti.size, ti.mtime, ti.mode = len(data), 0, 0o644  # mtime 0: same inputs, same bytes
@@ -204,6 +211,8 @@ class WebDatasetBackend(Backend):
                 agree = False
             if not agree:
                 raise CorruptSampleError(f"{self.sample_where(slot)}: its .cls and .json disagree (damaged)", slot)
+            crc = meta.get("mask_crc32")
+            e["mask_crc32"] = crc if isinstance(crc, int) and not isinstance(crc, bool) else None
 
     def slots(self) -> np.ndarray:
         return np.array(sorted(self.index), dtype=np.int64)
@@ -229,9 +238,33 @@ class WebDatasetBackend(Backend):
             return super().symbols_batch(slots)
 
     def mask(self, slot: int) -> np.ndarray | None:
-        if not self.schema.has_masks or self.index[slot][MASK] is None:
+        """The sample's mask, checked: against the crc32 its .json records, or, in a store written before masks
+        carried one, the whole tar once against the sha256 its commit record holds."""
+        e = self.index[slot]
+        if not self.schema.has_masks or e[MASK] is None:
             return None
-        return np.load(io.BytesIO(self._member(slot, MASK)), allow_pickle=False)
+        raw = self._member(slot, MASK)
+        if e.get("mask_crc32") is not None:
+            if zlib.crc32(raw) != e["mask_crc32"]:
+                raise CorruptSampleError(f"{self.sample_where(slot)}: mask fails its checksum (damaged)", slot)
+        else:
+            self._check_whole_tar(e["tar"], slot)
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+
+    def _check_whole_tar(self, tar: str, slot: int) -> None:
+        """A local tar hashed once per reader (a remote one is checked whole when fetched: base.blobs)."""
+        if not self.loc.local or tar in self._tars_checked:
+            return
+        from ..writer import sha256_file
+        rel = os.path.basename(tar)
+        want = (self.schema.checksums or {}).get(rel)
+        if want is None:
+            raise CorruptSampleError(f"{self.sample_where(slot)}: its mask has no checksum and {rel} none recorded; "
+                                     "run latentstore verify", slot)
+        if sha256_file(tar) != want:
+            raise CorruptSampleError(f"{self.sample_where(slot)}: {rel} fails its checksum (damaged); "
+                                     "run latentstore verify", slot)
+        self._tars_checked.add(tar)
 
     def meta(self, slot: int) -> dict:
         try:
