@@ -120,6 +120,12 @@ def test_token_files_must_be_private_utf8_with_long_tokens(tmp_path):
         os.chmod(ok, mode)
         with pytest.raises(UsageError, match="chmod 600"):
             load_tokens(ok)
+    # the mode checked is the open file's (fstat), not a path's: a stat by path that says 0600 changes nothing
+    real_stat = os.stat
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "stat", lambda p, *a, **k: os.stat_result((0o100600,) + tuple(real_stat(p, *a, **k))[1:]))
+        with pytest.raises(UsageError, match="chmod 600"):
+            load_tokens(ok)
     bad = {"short": "abc read\n", "spaces": f"{READ} read extra\n", "scope": f"{READ} admin\n", "empty": "# none\n",
            "twice": f"{READ} read\n{READ} write\n"}
     for name, text in bad.items():

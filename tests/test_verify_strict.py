@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from latentstore.cli import main
+from latentstore.errors import UsageError
 from latentstore.store.records import seal
 from latentstore.store.schema import StoreSchema
 from latentstore.store.sealkey import SEAL_KEY_ENV, sealing_with
@@ -208,6 +209,12 @@ def test_key_files_must_be_private_and_long(stores, tmp_path):
                            (_key_file(str(tmp_path), key=b"short", mode=0o600), "at least 16 bytes")):
         res = r.invoke(main, ["verify", "--key-file", key_file, stores["wds", "keyed"]])
         assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, res.output
+    from latentstore.store.sealkey import read_key_file
+    shared, real_stat = _key_file(str(tmp_path), mode=0o644), os.stat
+    with pytest.MonkeyPatch.context() as mp:  # the open file's mode (fstat) is checked, not the path's
+        mp.setattr(os, "stat", lambda p, *a, **k: os.stat_result((0o100600,) + tuple(real_stat(p, *a, **k))[1:]))
+        with pytest.raises(UsageError, match="chmod 600"):
+            read_key_file(shared)
     fifo = str(tmp_path / "fifo")
     os.mkfifo(fifo)
     res = r.invoke(main, ["verify", "--key-file", fifo, stores["wds", "keyed"]])

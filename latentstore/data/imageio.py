@@ -53,12 +53,15 @@ def check_regular_file(path: str, error: type[Exception] = BadImageError) -> Non
         raise error(f"{path}: is {file_kind(mode)}, not a regular file")
 
 
-def read_bounded(path: str, limit: int = MAX_FILE_BYTES, error: type[Exception] = BadImageError) -> bytes:
+def read_bounded(path: str, limit: int = MAX_FILE_BYTES, error: type[Exception] = BadImageError,
+                 check_stat=None) -> bytes:
     """Read a regular file of at most `limit` bytes; anything else is an `error` (BadImageError for inputs,
     StoreError for a store's metadata) with the reason: the one bounded read for files we did not write.
+    `check_stat(st)`: the caller's own check of the open file's stat (a secret's mode), raising its error.
 
     Opened non-blocking, so a FIFO cannot hang the caller; fstat on the open descriptor, so what is
-    checked is what is read (a symlink to /dev/zero is a device, not a file)."""
+    checked is what is read (a symlink to /dev/zero is a device, not a file; a key file swapped after a
+    check by path would not be)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except IsADirectoryError:
@@ -71,6 +74,8 @@ def read_bounded(path: str, limit: int = MAX_FILE_BYTES, error: type[Exception] 
             raise error(f"{path}: is {file_kind(st.st_mode)}, not a regular file")
         if st.st_size > limit:
             raise error(f"{path}: {st.st_size:,} bytes is over the {limit:,}-byte file limit")
+        if check_stat is not None:
+            check_stat(st)
         chunks, total = [], 0
         while True:  # bounded even if the file grows while we read it
             b = os.read(fd, min(1 << 20, limit + 1 - total))

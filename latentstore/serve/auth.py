@@ -23,17 +23,15 @@ MAX_TOKEN_FILE_BYTES = 1 << 16  # a token file is a few lines; more is a wrong p
 
 def _read_private(path: str) -> str:
     from ..data.imageio import read_bounded  # the one bounded reader: regular files only, FIFOs cannot hang it
+    if not os.path.lexists(path):
+        raise UsageError(f"--token-file {path}: no such file")
+
+    def private(st: os.stat_result) -> None:  # the mode of the file read (fstat), not of a path checked before
+        if st.st_mode & 0o077:
+            raise UsageError(f"--token-file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets other users read or "
+                             f"write it; make it private (chmod 600 {path})")
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UsageError(f"--token-file {path}: no such file") from None
-    except OSError as e:
-        raise UsageError(f"--token-file {path}: cannot read ({e.strerror or e})") from None
-    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
-        raise UsageError(f"--token-file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets other users read or "
-                         f"write it; make it private (chmod 600 {path})")
-    try:
-        data = read_bounded(path, MAX_TOKEN_FILE_BYTES)
+        data = read_bounded(path, MAX_TOKEN_FILE_BYTES, check_stat=private)
     except BadImageError as e:  # its reasons ("is a directory", "over the ... limit") are about the file
         raise UsageError(f"--token-file {e}") from None
     try:

@@ -36,11 +36,12 @@ def _checked(key: bytes, where: str) -> bytes:
 def read_key_file(path: str) -> bytes:
     """A key file's key: a private regular file (no group or world access), bounded, of at least 16 bytes."""
     from ..data.imageio import read_bounded
-    data = read_bounded(path, MAX_KEY_FILE_BYTES, UsageError)  # refuses FIFOs, devices, oversized files
-    mode = os.stat(path).st_mode
-    if stat.S_IMODE(mode) & 0o077:
-        raise UsageError(f"--key-file {path}: is readable or writable by others (mode {stat.S_IMODE(mode):o}); "
-                         f"chmod 600 it")
+
+    def private(st: os.stat_result) -> None:  # the mode of the file read, not of whatever the path names later
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise UsageError(f"--key-file {path}: is readable or writable by others (mode "
+                             f"{stat.S_IMODE(st.st_mode):o}); chmod 600 it")
+    data = read_bounded(path, MAX_KEY_FILE_BYTES, UsageError, private)  # refuses FIFOs, devices, oversized files
     return _checked(data, f"--key-file {path}")
 
 
