@@ -123,3 +123,35 @@ def test_force_removes_content_addressed_tensors(tmp_path):
     (run / "notes.txt").write_text("mine")
     remove_run(str(run))
     assert sorted(os.listdir(run)) == ["notes.txt"]
+
+
+def test_a_classify_style_checkpoint_is_crash_safe_and_keeps_its_reader_file(tmp_path):
+    """reader_link: the tensors are content-addressed like a codec run's, and ckpt.safetensors (what predict,
+    serve and a segmentation backbone open) is a hard link of the committed file. A failure at the JSON's write
+    leaves the previous checkpoint resumable and ckpt.safetensors whole (the previous weights)."""
+    run = str(tmp_path / "cls")
+    os.makedirs(run)
+    model, gen = torch.nn.Linear(3, 2), torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+
+    def step_and_save(step):
+        opt.zero_grad()
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        save_checkpoint(run, step, model, opt, gen, {"model": "toy"}, reader_link=True)
+    step_and_save(1)
+    first = _meta(run)
+    reader = os.path.join(run, TENSORS)
+    assert sorted(tensors_files(run)) == sorted([first["tensors_file"], TENSORS])
+    assert os.path.samefile(reader, tensors_path(run))
+    before = load_file(reader)
+    blocker = os.path.join(run, f"ckpt.json.tmp{os.getpid()}")
+    os.mkdir(blocker)  # a real OS failure at the JSON's write, the step-2 tensors already on disk
+    with pytest.raises(LatentstoreError, match="ckpt.json"):
+        step_and_save(2)
+    os.rmdir(blocker)
+    assert _meta(run) == first and read_checkpoint(run)[0]["step"] == 1
+    assert _same(load_file(reader), before)  # the readers' file is still the committed checkpoint's
+    step_and_save(3)
+    assert sorted(tensors_files(run)) == sorted([_meta(run)["tensors_file"], TENSORS])  # orphan and step 1 gone
+    assert os.path.samefile(reader, tensors_path(run)) and not _same(load_file(reader), before)

@@ -5,10 +5,11 @@ hyper-parameters, the resolved config, the caller's small state, the sha256 of i
 the commit point. With `addressed=True` (codec runs) the tensors go under a new, content-addressed name,
 `ckpt-<sha12>.safetensors`, written and fsynced (file and folder) BEFORE ckpt.json names it; only then is the
 previous tensors file deleted. A kill, OOM or power loss at any moment leaves a ckpt.json whose tensors file
-exists: the run resumes from the last checkpoint or the one before, exactly (issue #29). The old layout (a fixed
-`ckpt.safetensors` replaced in place, kept for classify/seg/joint runs, whose readers name that file) is read
-when ckpt.json names no file; a pair caught between its two writes is refused on resume in one line, never
-silently mixed. The per-step log does not belong here (it grows without bound): callers append it to a CSV.
+exists: the run resumes from the last checkpoint or the one before, exactly (issue #29). Classify, seg and joint
+runs are addressed too, and keep `ckpt.safetensors` as a hard link of the committed file for the readers that
+open it by that name (`reader_link`). The old layout (a fixed `ckpt.safetensors` replaced in place, a ckpt.json
+naming no file) is still read; such a pair caught between its two writes is refused on resume in one line,
+never silently mixed. The per-step log does not belong here (it grows without bound): callers append it to a CSV.
 """
 from __future__ import annotations
 
@@ -67,8 +68,12 @@ def tensors_path(run_dir: str) -> str:
 
 
 def save_checkpoint(run_dir: str, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    gen: torch.Generator, config: dict, extra: dict | None = None, addressed: bool = False) -> None:
-    """Write the checkpoint; with `addressed`, crash-safe at every moment (module docstring), else the old layout."""
+                    gen: torch.Generator, config: dict, extra: dict | None = None, addressed: bool = False,
+                    reader_link: bool = False) -> None:
+    """Write the checkpoint; with `addressed`, crash-safe at every moment (module docstring), else the old layout.
+    `reader_link` (classify, seg, joint runs: addressed too): once committed, ckpt.safetensors is made a hard link
+    of the named file, for the readers that open the run's weights by that name (predict, serve, a backbone)."""
+    addressed = addressed or reader_link
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     sd = opt.state_dict()
     scalars = {}
@@ -93,14 +98,32 @@ def save_checkpoint(run_dir: str, step: int, model: torch.nn.Module, opt: torch.
     # the resolved config beside every checkpoint, readable on its own
     write_json_atomic(config, os.path.join(run_dir, "config.json"))
     fsync_dir(run_dir)
+    if reader_link:
+        _link_for_readers(run_dir, name, data)
     if addressed:  # ckpt.json no longer names them: the previous checkpoint's, a crashed save's, the old layout's
         for old in tensors_files(run_dir):
-            if old != name:
+            if old != name and not (reader_link and old == TENSORS):
                 try:
                     os.remove(os.path.join(run_dir, old))
                 except OSError:  # the checkpoint is committed; the next save retries the clean-up
                     pass
         fsync_dir(run_dir)
+
+
+def _link_for_readers(run_dir: str, name: str, data: bytes) -> None:
+    """ckpt.safetensors := the committed tensors file, replaced atomically: a reader by that name gets the last
+    checkpoint's weights or, after a crash just before this, the one before's; whole either way (resume reads the
+    file ckpt.json names). A hard link costs no space; where links are refused, a copy."""
+    link, tmp = os.path.join(run_dir, TENSORS), os.path.join(run_dir, TENSORS + ".link.tmp")
+    try:
+        os.remove(tmp)  # a crashed save's
+    except FileNotFoundError:
+        pass
+    try:
+        os.link(os.path.join(run_dir, name), tmp)
+        os.replace(tmp, link)
+    except OSError:
+        write_bytes_atomic(link, data)
 
 
 def read_checkpoint(run_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:

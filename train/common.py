@@ -154,7 +154,7 @@ def run_epochs(cfg, out_dir: str, model: torch.nn.Module, opt: torch.optim.Optim
         if rank == 0:
             save_checkpoint(out_dir, step, model, opt, gen, resolved,
                             {"log": log, "epochs_log": epochs_log, "elapsed": time.time() - t0,
-                             "loader": loader.state_dict()})
+                             "loader": loader.state_dict()}, reader_link=True)  # crash-safe; ckpt.safetensors for readers
             write_logs(out_dir, log, epochs_log, *((plot_metrics, plot_title) if plot_metrics else ()))
 
     model.train()

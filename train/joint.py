@@ -166,7 +166,8 @@ def train(cfg: JointConfig, out_dir: str, progress: bool = True) -> dict:
     def checkpoint():
         if rank == 0:
             save_checkpoint(out_dir, step, model, opt, gen, resolved,
-                            {"log": log, "elapsed": time.time() - t0, "loader": loader.state_dict()})
+                            {"log": log, "elapsed": time.time() - t0, "loader": loader.state_dict()},
+                            reader_link=True)  # crash-safe; ckpt.safetensors for the readers by that name
             write_logs(out_dir, log, [])
 
     model.train()

@@ -16,10 +16,10 @@ from ..errors import UsageError
 
 SUMMARY_FILE = "summary.json"
 # what a training run writes into its directory (train/*.py and this CLI): --force removes these and nothing else
-RUN_FILES = ("ckpt.json", "ckpt.safetensors", "ckpt.safetensors.tmp", "ckpt.json.tmp", "config.json",
-             "config.json.tmp", "log.csv", "epochs.csv", "curves.png", SUMMARY_FILE, "seg_metrics.json",
+RUN_FILES = ("ckpt.json", "ckpt.safetensors", "ckpt.safetensors.tmp", "ckpt.safetensors.link.tmp", "ckpt.json.tmp",
+             "config.json", "config.json.tmp", "log.csv", "epochs.csv", "curves.png", SUMMARY_FILE, "seg_metrics.json",
              "seg_metrics.csv", "predictions.png", "result.json", "codec.safetensors", "val.csv", "val.png")
-RUN_GLOBS = ("ckpt-*.safetensors",)  # content-addressed checkpoint tensors (codec runs, latentstore_train.checkpoint)
+RUN_GLOBS = ("ckpt-*.safetensors",)  # content-addressed checkpoint tensors (latentstore_train.checkpoint)
 RUN_FOLDERS = ("classifier", "tb")
 # options that change how a run is executed or where it stops, not what it computes: a resume may change them
 RESUMABLE_CHANGES = {"num_workers", "cache_dir", "ckpt_every", "max_steps", "device", "skip_corrupt",
