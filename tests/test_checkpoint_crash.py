@@ -155,3 +155,36 @@ def test_a_classify_style_checkpoint_is_crash_safe_and_keeps_its_reader_file(tmp
     step_and_save(3)
     assert sorted(tensors_files(run)) == sorted([_meta(run)["tensors_file"], TENSORS])  # orphan and step 1 gone
     assert os.path.samefile(reader, tensors_path(run)) and not _same(load_file(reader), before)
+
+
+def test_run_weights_are_read_from_the_committed_file_and_checked(tmp_path):
+    """read_model_weights (predict, serve --classifier, joint): the file ckpt.json names, checked against its
+    sha256, whatever ckpt.safetensors holds; an exported classifier folder against its config.json's sha256."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    from latentstore_train.checkpoint import read_model_weights
+    run = str(tmp_path / "cls")
+    os.makedirs(run)
+    model, gen = torch.nn.Linear(3, 2), torch.Generator().manual_seed(0)
+    save_checkpoint(run, 1, model, torch.optim.SGD(model.parameters(), lr=0.1), gen, {}, reader_link=True)
+    got = read_model_weights(run)
+    assert got.keys() == {"weight", "bias"} and torch.equal(got["weight"], model.weight.detach())
+    named = tensors_path(run)
+    raw = bytearray(open(named, "rb").read())
+    raw[-1] ^= 1
+    os.remove(named)  # a flipped bit in the committed file (a new inode: the reader link keeps the good bytes)
+    open(named, "wb").write(bytes(raw))
+    with pytest.raises(LatentstoreError, match="does not match"):
+        read_model_weights(run)
+    folder = str(tmp_path / "exported")  # a joint run's classifier/: ckpt.safetensors + config.json, no ckpt.json
+    os.makedirs(folder)
+    data = save({"model/weight": torch.ones(2, 3)})
+    open(os.path.join(folder, TENSORS), "wb").write(data)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"tensors_sha256": hashlib.sha256(data).hexdigest()}, f)
+    assert torch.equal(read_model_weights(folder)["weight"], torch.ones(2, 3))
+    open(os.path.join(folder, TENSORS), "wb").write(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(LatentstoreError, match="fails the sha256"):
+        read_model_weights(folder)

@@ -146,6 +146,30 @@ def read_checkpoint(run_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
         raise LatentstoreError(f"{run_dir}: {name} is not readable ({str(e).splitlines()[0]})") from None
 
 
+def read_model_weights(run_dir: str) -> dict[str, torch.Tensor]:
+    """A run's model tensors (names without "model/"), for readers of a finished or running run (predict, serve,
+    joint finetuning): with a ckpt.json, the file it names, checked against its sha256 (not ckpt.safetensors,
+    which a crash may leave one checkpoint behind); without one (a classifier folder a joint run exported),
+    ckpt.safetensors, checked against the sha256 its config.json records."""
+    if os.path.exists(os.path.join(run_dir, META)):
+        tensors = read_checkpoint(run_dir)[1]
+    else:
+        try:
+            with open(os.path.join(run_dir, TENSORS), "rb") as f:
+                data = f.read()
+            with open(os.path.join(run_dir, "config.json")) as f:
+                want = json.load(f).get("tensors_sha256")
+        except (OSError, ValueError, AttributeError) as e:
+            raise LatentstoreError(f"{run_dir}: unreadable weights ({e})") from None
+        if want is not None and hashlib.sha256(data).hexdigest() != want:  # older exports recorded none
+            raise LatentstoreError(f"{run_dir}: {TENSORS} fails the sha256 its config.json records (damaged)")
+        try:
+            tensors = load(data)
+        except Exception as e:  # safetensors raises its own types for damaged files
+            raise LatentstoreError(f"{run_dir}: {TENSORS} is not readable ({str(e).splitlines()[0]})") from None
+    return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+
+
 def load_checkpoint(run_dir: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
                     gen: torch.Generator) -> dict:
     """Restores everything in place; returns the JSON side (step, the caller's extra state, ...)."""

@@ -32,7 +32,7 @@ from latentstore.data.datasets import ResumableLoader
 from latentstore.device import autocast_for, resolve_device
 from latentstore.errors import UsageError
 from latentstore.models.resnet import build
-from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, read_model_weights, save_checkpoint
 from latentstore_train.common import init_dist as _dist, write_logs
 from latentstore_train.codec import compression_loss
 
@@ -86,7 +86,6 @@ def joint_loss(out: dict, x: torch.Tensor, y: torch.Tensor, cfg: JointConfig, be
 
 def load_classifier(run: str, C: int) -> tuple[nn.Module, dict]:
     """The classifier of a classify run, checked to read C-channel latents."""
-    from safetensors.torch import load_file
     cfg_path, ckpt = os.path.join(run, "config.json"), os.path.join(run, "ckpt.safetensors")
     if not (os.path.exists(cfg_path) and os.path.exists(ckpt)):
         raise UsageError(f"{run}: not a classify run (no config.json and ckpt.safetensors)")
@@ -97,7 +96,7 @@ def load_classifier(run: str, C: int) -> tuple[nn.Module, dict]:
     if c.get("in_channels") != C:
         raise UsageError(f"{run}: classifier reads {c.get('in_channels')}-channel latents; the codec has C={C}")
     model = build(c["model"], in_channels=C, num_classes=c["num_classes"], width=c["width"], depth_scale=c["depth_scale"])
-    state = {k[len("model/"):]: v for k, v in load_file(ckpt).items() if k.startswith("model/")}
+    state = read_model_weights(run)  # checked against ckpt.json's sha256 where the run has one
     model.load_state_dict(state)
     return model, c
 

@@ -8,14 +8,15 @@ Outputs beside the run's checkpoints:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from latentstore.atomic import write_json_atomic
+from latentstore.atomic import write_bytes_atomic, write_json_atomic
 from latentstore.codec.zoo import codec_file, save_codec
 from latentstore.eval.metrics import psnr
 
@@ -75,8 +76,11 @@ def write_outputs(model, cfg, out_dir: str, cls_cfg: dict, figures: dict) -> dic
     cdir = os.path.join(out_dir, "classifier")
     os.makedirs(cdir, exist_ok=True)
     state = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.classifier.state_dict().items()}
-    save_file(state, os.path.join(cdir, "ckpt.safetensors"))
-    write_json_atomic({**cls_cfg, "trained_by": "latentstore train joint", "codec_file": dst}, os.path.join(cdir, "config.json"))
+    data = save(state)
+    write_bytes_atomic(os.path.join(cdir, "ckpt.safetensors"), data)
+    write_json_atomic({**cls_cfg, "trained_by": "latentstore train joint", "codec_file": dst,
+                       "tensors_sha256": hashlib.sha256(data).hexdigest()},  # what its readers check it against
+                      os.path.join(cdir, "config.json"))
     result = {"mode": "control" if cfg.freeze_codec else "joint", "codec": dst, "codec_name": codec.cfg.name,
               "codec_hash": codec.hash, **figures}
     write_json_atomic(result, os.path.join(out_dir, "result.json"))
