@@ -153,10 +153,15 @@ def load_backbone_weights(model: SegNet, path: str, strict: bool = True) -> Back
         if ccfg.get("model") not in (None, model.backbone_name):
             raise UsageError(f"{file}: a {ccfg['model']} classifier; {model.cfg.name} needs a "
                              f"{model.backbone_name} one")
-    try:
-        tensors = load_file(file)
-    except (SafetensorError, OSError) as e:
-        raise UsageError(f"{file}: unreadable safetensors ({e})") from None
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "ckpt.json")):
+        # a run: the tensors file its ckpt.json names, checked against its sha256 (ckpt.safetensors is a link of it)
+        from latentstore_train.checkpoint import read_model_weights
+        tensors = {f"model/{k}": v for k, v in read_model_weights(path).items()}
+    else:  # a file given by path (exported weights, or ckpt.safetensors named on its own): as it is
+        try:
+            tensors = load_file(file)
+        except (SafetensorError, OSError) as e:
+            raise UsageError(f"{file}: unreadable safetensors ({e})") from None
     prefixed = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     state = prefixed if prefixed else tensors  # a bare state dict (e.g. exported weights) also works
     head = sorted(k for k in state if k.startswith("head."))
