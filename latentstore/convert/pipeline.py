@@ -36,7 +36,7 @@ from ..store.schema import StoreSchema
 from ..store.writer import StoreWriter, finalize_store
 from .decode import DaliImageStage, decode_batch, read_screened
 from .encode import RANS, EncodedBatch, Encoder, resume_policy
-from .shards import ShardWriter, code_and_write, make_samples
+from .shards import code_and_write, make_samples
 from .sources import InputItem, list_inputs
 
 CODERS = {"v1": "latentstore.ans", "v2": RANS}  # --bitstream -> entropy coder
@@ -173,7 +173,7 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
     # rank 0 fits the store's tables once, when it creates the store; other ranks and resumes read them
     on_create = (lambda sch: _fit_tables(sch, listing.items, enc, stage, batch, opts, ready, stats)) \
         if coder == RANS else None
-    writer = ShardWriter.open(dst, schema, codec_file(opts.codec), opts.resume, rank, world, on_create=on_create)
+    writer = StoreWriter.open(dst, schema, codec_file(opts.codec), opts.resume, rank, world, on_create=on_create)
     try:
         if rank == 0 and listing.notes:
             writer.record_notes(listing.notes)  # not inputs, but worth keeping (an empty class folder)

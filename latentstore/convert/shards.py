@@ -11,20 +11,8 @@ import numpy as np
 
 from ..errors import BadImageError
 from ..store.backends import schema_tables, store_coder
-from ..store.writer import Sample, StoreWriter
+from ..store.writer import Sample
 from .encode import RANS, EncodedBatch, Encoder, sample_counts
-
-
-class ShardWriter(StoreWriter):
-    """The store writer, given the shard's v2 counts as conversion makes them: (C, L+1, L) context counts (one
-    bincount per batch, on the GPU there), instead of recounting every sample's symbols on the host, where
-    the GPU path has none. The same formula as StoreWriter.ideal_bits, so the same totals."""
-
-    def ideal_bits(self, samples: list[Sample], counts: np.ndarray) -> float:
-        if np.ndim(counts) != 3:
-            return super().ideal_bits(samples, counts)
-        from ..codec.entropy.rans_v2 import PROB_SCALE
-        return float(-(counts * np.log2(schema_tables(self.schema, RANS) / PROB_SCALE)).sum())
 
 
 def code_and_write(writer, k, samples, refs, rejects, counts, stats, enc: Encoder, coder, threads: int):

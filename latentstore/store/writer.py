@@ -167,17 +167,20 @@ class StoreWriter:
         if self.remote is not None:
             self.remote.cleanup()
 
-    def ideal_bits(self, samples: list[Sample], counts: np.ndarray) -> float:
-        """What an ideal coder spends on the samples under the store's own model: v1 from the (C, L) counts,
-        v2 from (channel, context) counts against the store's fitted tables."""
+    def ideal_bits(self, samples: list[Sample], counts: np.ndarray | None = None) -> float:
+        """What an ideal coder spends on the samples under the store's own model: v1 from (C, L) symbol counts,
+        v2 from (C, L+1, L) context counts against the store's fitted tables. `counts`: either, when the caller
+        has them (conversion: one bincount per batch, on the GPU there); else the samples are counted here, once."""
         from .backends import schema_tables, store_coder
         coder = store_coder(self.schema)
         if coder != "latentstore.rans":
-            return cross_entropy_bits(counts, self.freqs)
+            if counts is None:
+                counts = symbol_counts(samples, *self.freqs.shape)
+            return cross_entropy_bits(np.sum(counts, 1) if np.ndim(counts) == 3 else counts, self.freqs)
         from ..codec.entropy.rans_v2 import PROB_SCALE, context_counts
-        L = self.freqs.shape[1]
-        ctx = sum(context_counts(stack, L) for stack in same_shape_stacks(samples))
-        return float(-(ctx * np.log2(schema_tables(self.schema, coder) / PROB_SCALE)).sum())
+        if np.ndim(counts) != 3:
+            counts = sum(context_counts(stack, self.freqs.shape[1]) for stack in same_shape_stacks(samples))
+        return float(-(counts * np.log2(schema_tables(self.schema, coder) / PROB_SCALE)).sum())
 
     def record_notes(self, notes: list[dict]) -> None:
         """Findings that are not inputs (an empty class folder): kept in the schema once finalized."""
@@ -200,15 +203,13 @@ class StoreWriter:
         return range(k * S, min((k + 1) * S, self.schema.num_slots))
 
     def write_shard(self, k: int, samples: list[Sample], rejects: list[dict], counts: np.ndarray | None = None) -> dict:
-        """Write and commit shard k. `counts`: the shard's (C, L) symbol counts, when the caller has them."""
+        """Write and commit shard k. `counts`: the shard's symbol or context counts, when the caller has them."""
         slots = self.shard_slots(k)
         assert all(s.slot in slots for s in samples), "sample outside its shard"
         samples = sorted(samples, key=lambda s: s.slot)
         files = self.backend.write_shard(k, slots, samples)
         checksums = {os.path.relpath(f, self.root): sha256_file(f) for f in files}
         latent_bytes = sum(os.path.getsize(f) for f in files if self.backend.is_payload(os.path.relpath(f, self.root)))
-        if counts is None:
-            counts = symbol_counts(samples, *self.freqs.shape)
         payload, index = self.backend.payload_accounting(k, samples)
         part = {
             "shard": k, "samples": len(samples), "rejects": rejects, "checksums": checksums,
