@@ -1,10 +1,10 @@
-"""Build hook for the one C extension: the SIMD rANS decoder (latentstore/codec/entropy/_rans_simd.c).
-Everything else about the package is in pyproject.toml.
+"""Build hook for the C extensions: the SIMD rANS decoders of v2 (latentstore/codec/entropy/_rans_simd.c)
+and v3 (_rans3_simd.c). Everything else about the package is in pyproject.toml.
 
-The extension is optional: with no C compiler (or a failing one) the install still succeeds and
-latentstore.codec.entropy.rans_simd falls back to the numba decoder. No -march flag: the AVX-512 and
-AVX2 code paths carry their own target attributes and are picked at run time (cpuid), so one build
-runs on any x86-64 CPU (and the scalar path on any other)."""
+The extensions are optional: with no C compiler (or a failing one) the install still succeeds and
+latentstore.codec.entropy.rans_simd / rans3_simd fall back to the numba decoders. No -march flag: the
+AVX-512 and AVX2 code paths carry their own target attributes and are picked at run time (cpuid), so
+one build runs on any x86-64 CPU (and the scalar path on any other)."""
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -25,12 +25,14 @@ class OptionalBuildExt(build_ext):
             self._skip(e)
 
     def _skip(self, e: Exception) -> None:
-        print(f"warning: latentstore's SIMD rANS decoder was not built ({type(e).__name__}: {e}); "
+        print(f"warning: a latentstore SIMD rANS decoder was not built ({type(e).__name__}: {e}); "
               "the numba decoder will be used")
 
 
 setup(
     ext_modules=[Extension("latentstore.codec.entropy._rans_simd", ["latentstore/codec/entropy/_rans_simd.c"],
+                           extra_compile_args=["-O3"], optional=True),
+                 Extension("latentstore.codec.entropy._rans3_simd", ["latentstore/codec/entropy/_rans3_simd.c"],
                            extra_compile_args=["-O3"], optional=True)],
     cmdclass={"build_ext": OptionalBuildExt},
 )

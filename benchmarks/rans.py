@@ -1,6 +1,7 @@
 """rANS v2 vs constriction ANS v1 on real latents: bytes, overheads, lane count K, CPU decode speed.
 
     .venv/bin/python benchmarks/rans.py [--crops 384] [--codecs ls-c8,ls-c16,ls-c32] [--quick] [--decoders]
+    .venv/bin/python benchmarks/rans.py --v3 [--codecs ...] [--rounds 15]
 
 --decoders: only decode ns/symbol of every CPU decoder, side by side in one run: the numba kernel
 (before) and each path of the SIMD extension this CPU runs (avx512, avx2, scalar; rans_simd.py).
@@ -8,6 +9,12 @@
 (JPEG + Pillow) on the stores loader.py built under DIR (its --work), one core, in CPU time (process_time),
 interleaved rounds: a per-core ratio that the other processes on a shared machine disturb less than
 loader.py's wall-clock one (loader.py stays the reference; this is its cross-check).
+--v3: v2 vs v3 (`latentstore.rans3`, rans_v3.py) side by side in one run, on the shipped codecs' symbols of the
+validation photos at 256 and 512 px, with the codec files' tables (what `latentstore compress` uses; both fitted on
+the training photos) and, as a check, both coders' tables refitted here on the training photos' symbols: payload
+bytes and v3/v2; then encode ns/symbol (numba) and decode ns/symbol of every path (avx512, avx2, scalar, numba),
+one thread, interleaved v2/v3 rounds, on a batch of fixed-size samples (every 256-px crop of those photos).
+Writes benchmarks/results/rans3.{md,csv}. Everything below describes the other modes.
 
 Real symbols: random 256x256 crops (seeded) of every photo latentstore.data.photos finds
 (scikit-image, scikit-learn, matplotlib, and Debian's wallpapers / opencv-doc when installed),
@@ -295,6 +302,247 @@ def report_zstd(name: str, tables: np.ndarray) -> None:
           f"({100 * (1 - len(z) / len(payload)):+.2f}% saved), payload/ideal {ratio:.4f}")
 
 
+# ------------------------------------------------------------------------------------------ --v3
+V3_SIDES = (256, 512)
+V3_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "rans3")
+
+
+def _v3_symbols(codec, split: str, side: int) -> list[tuple[str, np.ndarray, int]]:
+    """(photo name, (C, h, w) symbols, pixels) of every photo of `split` with the shorter side scaled to `side` (never
+    up), as `latentstore compress` codes them (image_symbols); cached under CACHE by the codec's weights hash."""
+    from latentstore.codec.api import image_symbols
+    from latentstore.data.photos import available_photos, resize_shorter
+    photos = available_photos(split)
+    path = os.path.join(CACHE, f"v3-{codec.name}-{codec.hash}-{split}-{side}.npz")
+    if os.path.exists(path):
+        z = np.load(path, allow_pickle=False)
+        names = [str(n) for n in z["names"]]
+        if names == [p.name for p in photos]:
+            return [(n, z[f"s{i}"], int(z["pixels"][i])) for i, n in enumerate(names)]
+    os.makedirs(CACHE, exist_ok=True)
+    out = []
+    with torch.no_grad():
+        for p in photos:
+            rgb = resize_shorter(p.load(), side)
+            out.append((p.name, image_symbols(codec, rgb), rgb.shape[0] * rgb.shape[1]))
+    np.savez(path, names=np.array([n for n, _, _ in out]), pixels=np.array([n for _, _, n in out]),
+             **{f"s{i}": s for i, (_, s, _) in enumerate(out)})
+    return out
+
+
+def _v3_refit(train: list[np.ndarray], L: int) -> tuple[np.ndarray, np.ndarray]:
+    """v2's and v3's tables fitted here on the training photos' symbols: the rule refit_tables applies to a codec
+    file (counts summed over whole photos, then each coder's tables_from_counts)."""
+    from latentstore.codec.entropy import rans_v3 as r3
+    c2 = sum(r.context_counts(s[None], L) for s in train)
+    c3 = sum(r3.context_counts(s[None], L) for s in train)
+    return r.tables_from_counts(c2), r3.tables_from_counts(c3)
+
+
+def _v3_windows(photos: list[np.ndarray], n: int = 32) -> np.ndarray:
+    """Every non-overlapping n x n latent window (a 256-px crop at n = 32) of each photo: the (N, C, n, n)
+    batch of fixed-size samples a store's loader decodes."""
+    return np.stack([s[:, y:y + n, x:x + n] for s in photos
+                     for y in range(0, s.shape[1] - n + 1, n) for x in range(0, s.shape[2] - n + 1, n)])
+
+
+def _swap_env(var: str, value: str | None) -> None:
+    os.environ.pop(var, None) if value is None else os.environ.__setitem__(var, value)
+
+
+def _v3_timings(batch: np.ndarray, t2: np.ndarray, t3: np.ndarray, rounds: int, enc_rounds: int) -> dict:
+    """ns/symbol, one thread, CPU time (process_time), best of `rounds`: encode (numba, both coders) and decode on
+    every path, v2 and v3 interleaved (each round runs every path of both coders on the same payloads, v2 first
+    in even rounds and v3 first in odd ones, so machine noise hits both); every decoded batch checked."""
+    from latentstore.codec.entropy import rans_simd
+    from latentstore.codec.entropy import rans_v3 as r3
+    coders = {"v2": (r, t2), "v3": (r3, t3)}
+    shape = batch.shape[1:]
+    payloads = {v: m.encode_batch(batch, t) for v, (m, t) in coders.items()}
+    paths = rans_simd.supported_isas() + ["numba"]
+    best = {(v, p): float("inf") for v in coders for p in ["encode"] + paths}
+    saved = os.environ.get(rans_simd.ENV)
+    try:
+        for rnd in range(rounds + 1):  # round 0 warms up (numba's compile cache, the table caches)
+            for p in (["encode"] if rnd <= enc_rounds else []) + paths:
+                for v in (("v2", "v3") if rnd % 2 == 0 else ("v3", "v2")):
+                    m, t = coders[v]
+                    if p == "encode":
+                        c = time.process_time()
+                        out = m.encode_batch(batch, t)
+                        dt = time.process_time() - c
+                        ok = out == payloads[v]
+                    else:
+                        os.environ[rans_simd.ENV] = p  # the same switch picks v2's and v3's path
+                        c = time.process_time()
+                        out = m.decode_batch(payloads[v], t, shape)
+                        dt = time.process_time() - c
+                        ok = np.array_equal(out, batch)
+                    if not ok:
+                        raise SystemExit(f"error: {v} {p} did not reproduce its payloads / symbols")
+                    if rnd:
+                        best[v, p] = min(best[v, p], dt)
+    finally:
+        _swap_env(rans_simd.ENV, saved)
+    bits = {v: 8 * sum(map(len, payloads[v])) / batch.size for v in coders}
+    return {"ns": {k: 1e9 * t / batch.size for k, t in best.items()}, "paths": ["encode"] + paths, "bits": bits}
+
+
+def _machine() -> str:
+    import platform
+    from latentstore.codec.entropy import rans3_simd
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return (f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, numpy {np.__version__}; SIMD paths this CPU runs: "
+            f"{', '.join(rans3_simd.supported_isas()) or 'none'}")
+
+
+def report_v3(codecs: list[str], rounds: int = 15, enc_rounds: int = 5, out: str = V3_OUT) -> None:
+    """v2 (`latentstore.rans`) vs v3 (`latentstore.rans3`) on the shipped codecs' symbols of the validation photos:
+    payload bytes per photo at 256 and 512 px, then encode and per-path decode ns/symbol on a batch of fixed-size
+    samples (every 256-px crop of those photos), side by side in one run. Writes `out`.md and `out`.csv."""
+    import datetime
+    import shlex
+    from latentstore.codec.entropy import rans_v3 as r3
+    torch.set_num_threads(os.cpu_count())
+    started, load0, t_start = datetime.datetime.now(), os.getloadavg(), time.perf_counter()
+    bytes_rows, speed_rows = [], []
+    for name in codecs:
+        codec = _codec(name)
+        L = codec.cfg.L
+        if L > r3.MAX_L:
+            print(f"{name}: L = {L} > {r3.MAX_L}: v3 does not code it, skipped", flush=True)
+            continue
+        file_tables = (codec.entropy.tables("latentstore.rans"), codec.entropy.tables("latentstore.rans3"))
+        refit = _v3_refit([s for _, s, _ in _v3_symbols(codec, "train", 512)], L)
+        val, pix = {}, {}
+        for side in V3_SIDES:
+            got = _v3_symbols(codec, "val", side)
+            val[side], pix[side] = [s for _, s, _ in got], sum(n for _, _, n in got)
+        for side in V3_SIDES:
+            for tname, (t2, t3) in (("codec file", file_tables), ("refit here", refit)):
+                p2 = [len(r.encode_batch(s[None], t2)[0]) for s in val[side]]
+                p3 = [len(r3.encode_batch(s[None], t3)[0]) for s in val[side]]
+                i2 = sum(r.ideal_bits(s, t2) for s in val[side]) / 8
+                i3 = sum(r3.ideal_bits(s, t3) for s in val[side]) / 8
+                n_sym = sum(s.size for s in val[side])
+                pixels = pix[side]
+                row = dict(codec=name, side=side, tables=tname, photos=len(val[side]), symbols=n_sym,
+                           v2_bytes=sum(p2), v3_bytes=sum(p3), v3_over_v2=sum(p3) / sum(p2),
+                           v2_bpp=8 * sum(p2) / pixels, v3_bpp=8 * sum(p3) / pixels,
+                           v3_over_v2_worst_photo=max(b / a for a, b in zip(p2, p3)),
+                           v3_over_v2_best_photo=min(b / a for a, b in zip(p2, p3)),
+                           v2_over_ideal=sum(p2) / i2, v3_over_ideal=sum(p3) / i3)
+                bytes_rows.append(row)
+                print(f"{name} {side:>3d} px, {tname:10s}: {row['photos']} photos, {n_sym:,} symbols: v2 "
+                      f"{row['v2_bytes']:,} B ({row['v2_bpp']:.4f} bpp)  v3 {row['v3_bytes']:,} B "
+                      f"({row['v3_bpp']:.4f} bpp)  v3/v2 {row['v3_over_v2']:.3f} (photos "
+                      f"{row['v3_over_v2_best_photo']:.3f}-{row['v3_over_v2_worst_photo']:.3f});  payload/ideal "
+                      f"v2 {row['v2_over_ideal']:.4f} v3 {row['v3_over_ideal']:.4f}", flush=True)
+        batch = _v3_windows(val[256] + val[512])
+        tm = _v3_timings(batch, *file_tables, rounds=rounds, enc_rounds=enc_rounds)
+        print(f"{name}: speed on {len(batch)} samples {batch.shape[1:]} (every 256-px crop of the validation photos "
+              f"at 256 and 512 px), codec-file tables, {tm['bits']['v2']:.3f} / {tm['bits']['v3']:.3f} bits/symbol "
+              f"v2 / v3; 1 thread, CPU time, best of {rounds} interleaved rounds ({enc_rounds} for encode):", flush=True)
+        for p in tm["paths"]:
+            a, b = tm["ns"]["v2", p], tm["ns"]["v3", p]
+            speed_rows.append(dict(codec=name, samples=len(batch), sample_shape="x".join(map(str, batch.shape[1:])),
+                                   v2_bits_per_symbol=tm["bits"]["v2"], v3_bits_per_symbol=tm["bits"]["v3"],
+                                   op="encode (numba)" if p == "encode" else f"decode {p}",
+                                   v2_ns_per_symbol=a, v3_ns_per_symbol=b, v3_over_v2=b / a))
+            print(f"  {speed_rows[-1]['op']:15s} v2 {a:6.2f}  v3 {b:6.2f} ns/symbol   v3/v2 {b / a:.2f}x", flush=True)
+    wall = time.perf_counter() - t_start
+    _write_v3(out, bytes_rows, speed_rows, started, load0, os.getloadavg(), wall, rounds, enc_rounds,
+              "python benchmarks/rans.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
+
+
+def _span(v: list[float]) -> str:
+    return f"{min(v):.2f}" if f"{min(v):.2f}" == f"{max(v):.2f}" else f"{min(v):.2f}-{max(v):.2f}"
+
+
+def _write_v3(out, bytes_rows, speed_rows, started, load0, load1, wall, rounds, enc_rounds, command) -> None:
+    import csv
+    keys = list(dict.fromkeys([*bytes_rows[0], *speed_rows[0]]))
+    with open(out + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["kind", *keys])
+        w.writeheader()
+        for kind, rows in (("bytes", bytes_rows), ("speed", speed_rows)):
+            for row in rows:
+                w.writerow({"kind": kind, **{k: (f"{v:.5g}" if isinstance(v, float) else v) for k, v in row.items()}})
+    fb = [b for b in bytes_rows if b["tables"] == "codec file"]
+    lines = [
+        "# Bitstream v3 (`latentstore.rans3`) vs v2 (`latentstore.rans`) on real latents: bytes, encode, decode",
+        "",
+        f"Command: `{command}` (run at `nice -n 5`). Date: {started:%Y-%m-%d %H:%M}, {wall:.0f} s wall. "
+        f"Machine: {_machine()}. Load average {load0[0]:.2f} at the start, {load1[0]:.2f} at the end (the codec "
+        "training job ran at nice 19 throughout).",
+        "",
+        "Symbols: the shipped codecs' (`load_codec`, `image_symbols`, as `latentstore compress` makes them) of the "
+        "12 validation photos (`available_photos(\"val\")`) with the shorter side scaled to 256 and to 512 px. "
+        "Tables: the codec file's (`codec.entropy.tables(...)`: what `latentstore compress` codes with, both fitted "
+        "on the 38 training photos at 512 px by `refit_tables`), and as a check both refitted here the same way "
+        "(`rans_v2` / `rans_v3` `tables_from_counts(context_counts)` summed over the training photos at 512 px). "
+        "Bytes are payloads only (the container header is the same size for v2 and v3); bpp = payload bits per "
+        "pixel of the scaled photo; default lanes (K = C/2) for both.",
+        "",
+        "## Bytes (validation photos, payload totals)",
+        "",
+        "| codec | side | tables | photos | symbols | v2 bytes | v3 bytes | **v3 / v2** | per photo | v2 bpp | v3 bpp "
+        "| payload / ideal v2, v3 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b in bytes_rows:
+        lines.append(f"| {b['codec']} | {b['side']} | {b['tables']} | {b['photos']} | {b['symbols']:,} | "
+                     f"{b['v2_bytes']:,} | {b['v3_bytes']:,} | **{b['v3_over_v2']:.3f}** | "
+                     f"{b['v3_over_v2_best_photo']:.3f}-{b['v3_over_v2_worst_photo']:.3f} | {b['v2_bpp']:.4f} | "
+                     f"{b['v3_bpp']:.4f} | {b['v2_over_ideal']:.4f}, {b['v3_over_ideal']:.4f} |")
+    lines += [
+        "",
+        "## Speed (one thread, ns per symbol, CPU time)",
+        "",
+        "Batch: every non-overlapping 32 x 32 latent window (a 256-px crop) of the validation photos' symbols at "
+        f"256 and 512 px, as one `decode_batch` call of fixed-size samples (what a store's loader does); the "
+        f"codec file's tables. Best of {rounds} rounds after a warm-up round ({enc_rounds} for encode); each round "
+        "runs every path of both coders on the same payloads, v2 first in even rounds and v3 first in odd ones, so "
+        "noise from the other jobs lands on both; every round's output is checked against the symbols (decode) "
+        "or the first payloads (encode). Decode paths by `LATENTSTORE_RANS_ISA` (the same switch for v2's "
+        "`rans_simd` and v3's `rans3_simd`); encode is numba for both coders.",
+        "",
+        "| codec | samples | bits/symbol v2, v3 | op | v2 ns/symbol | v3 ns/symbol | **v3 / v2** |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in speed_rows:
+        lines.append(f"| {s['codec']} | {s['samples']} x ({s['sample_shape'].replace('x', ', ')}) | "
+                     f"{s['v2_bits_per_symbol']:.3f}, {s['v3_bits_per_symbol']:.3f} | {s['op']} | "
+                     f"{s['v2_ns_per_symbol']:.2f} | {s['v3_ns_per_symbol']:.2f} | **{s['v3_over_v2']:.2f}x** |")
+    dec = {p: [s["v3_over_v2"] for s in speed_rows if s["op"] == p] for p in dict.fromkeys(s["op"] for s in speed_rows)}
+    best_path = min((s for s in speed_rows if s["op"].startswith("decode")), key=lambda s: s["v3_ns_per_symbol"])
+    lines += [
+        "",
+        "## Summary (figures filled in by the run)",
+        "",
+        f"With the codec files' tables v3's payloads are {min(b['v3_over_v2'] for b in fb):.3f}-"
+        f"{max(b['v3_over_v2'] for b in fb):.3f}x v2's on the same symbols ("
+        + ", ".join(f"{b['codec']} {b['side']} px {1 - b['v3_over_v2']:.1%} smaller" for b in fb)
+        + "); the tables refitted here give "
+        + ", ".join(f"{b['v3_over_v2']:.3f}" for b in bytes_rows if b["tables"] == "refit here")
+        + " in the same order. v3 / v2 time per symbol: "
+        + "; ".join(f"{p} {_span(v)}x" for p, v in dec.items())
+        + f" (over the codecs). The fastest v3 decoder here is {best_path['op'].split()[1]} at "
+        f"{best_path['v3_ns_per_symbol']:.2f} ns/symbol ({best_path['codec']}).",
+        "",
+    ]
+    with open(out + ".md", "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {out}.md and {out}.csv ({wall:.0f} s)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--crops", type=int, default=384)
@@ -302,7 +550,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="skip the K sweep, the context what-ifs and zstd")
     ap.add_argument("--decoders", action="store_true", help="only decode ns/symbol: numba vs the SIMD paths")
     ap.add_argument("--loader", metavar="DIR", help="only loader.py's (a) and (c) in CPU time, on its stores in DIR")
+    ap.add_argument("--v3", action="store_true", help="only v2 vs v3 (latentstore.rans3): bytes on the validation "
+                    "photos at 256 and 512 px, encode and per-path decode ns/symbol; writes results/rans3.{md,csv}")
+    ap.add_argument("--rounds", type=int, default=15, help="--v3: decode rounds (best of)")
     a = ap.parse_args()
+    if a.v3:
+        report_v3(a.codecs.split(","), a.rounds)
+        return
     if a.loader:
         for name in a.codecs.split(","):
             report_loader(a.loader, name)

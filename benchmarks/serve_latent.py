@@ -101,7 +101,7 @@ def engine_costs(eng, items, rounds: int = 3) -> list[str]:
         b = io.BytesIO()
         Image.fromarray(fit_to(rgb, SIDE)).save(b, "JPEG", quality=90)
         jpegs.append(b.getvalue())
-        bits.append(compress(fit_to(rgb, SIDE), eng.model, precision=eng.precision))
+        bits.append(compress(fit_to(rgb, SIDE), eng.model, "latentstore.rans", precision=eng.precision))
     cls = eng.classifier
     out = {}
     for with_cls in (False, True):
@@ -142,10 +142,10 @@ def main() -> None:
     rows, lines = [], []
     for kind, name, rgb, data in photos(args.work):
         (ref,) = eng.run([fit_to(rgb, SIDE)])
-        small = compress(fit_to(rgb, SIDE), codec, precision=eng.precision)
+        small = compress(fit_to(rgb, SIDE), codec, "latentstore.rans", precision=eng.precision)
         (comp,) = eng.run([eng.check_latent(small, 10**9)])
         t0 = time.perf_counter()
-        full = compress(rgb, codec, precision=eng.precision)
+        full = compress(rgb, codec, "latentstore.rans", precision=eng.precision)
         enc_s = time.perf_counter() - t0
         _, sym = codec.parse(full)
         x = eng.centres_t[torch.from_numpy(sym).long()][None]

@@ -40,16 +40,17 @@ def test_golden_v2_bitstream_chunk_and_stores():
     assert np.array_equal(g["latents"][:][g["valid"][:]], want)
 
 
-def test_compress_writes_v2_decompress_reads_both(codec, photo):
-    v2 = compress(photo, codec)
+def test_compress_writes_v2_on_request_decompress_reads_both(codec, photo):
+    v2 = compress(photo, codec, "latentstore.rans")  # the default is v3 (tests/test_bitstream_v3.py)
     v1 = compress(photo, codec, "latentstore.ans")
     assert v2[:3] == b"LS\x02" and v1[:4] == b"LSB1"
     assert np.array_equal(decompress(v2, codec), decompress(v1, codec))  # same symbols, so the same pixels
     assert codec.parse(v2)[1].shape == codec.parse(v1)[1].shape
 
 
-def test_damaged_v2_bytes_are_bitstream_errors_never_crashes(codec, photo):
-    data = compress(photo, codec)
+@pytest.mark.parametrize("coder", ["latentstore.rans", "latentstore.rans3"])
+def test_damaged_v2_and_v3_bytes_are_bitstream_errors_never_crashes(codec, photo, coder):
+    data = compress(photo, codec, coder)
     for bad in (data[:-3], data[:10], data + b"\x00"):
         with pytest.raises(BitstreamError):
             codec.parse(bad)

@@ -1,6 +1,6 @@
 """The long codec training programme (issue 29): exact resume after a real SIGTERM, a checkpoint pair that does
 not belong together refused in one line, a small ckpt.json with the log in CSV, CPU budgets, validation over
-steps, the round-robin runner, and the corpus manifest."""
+steps, the chunk-by-chunk runner, and the corpus manifest."""
 import csv
 import dataclasses
 import hashlib
@@ -132,20 +132,35 @@ def test_recipes_take_per_point_values_and_rate_scale_moves_the_hinge():
     assert compression_loss(out, x, 600.0, 1.0)["rate_hinge"] > 0 == compression_loss(out, x, 600.0, 1.3)["rate_hinge"]
 
 
-def test_the_programme_runs_points_round_robin_and_reports(tmp_path):
+def test_the_programme_resumes_each_point_chunk_by_chunk_and_reports(tmp_path):
     from latentstore_train.codec_programme import run_programme
     root = tmp_path / "programme"
-    done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, rounds=2, results_dir=str(tmp_path / "res"),
+    done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, chunks=4, results_dir=str(tmp_path / "res"),
                          points=("ls-c8", "ls-c16"))
-    assert sorted(d["name"] for d in done[:2]) == sorted(d["name"] for d in done[2:]) == ["ls-c16", "ls-c8"]
-    assert [d["steps"] for d in done] == [1, 1, 2, 2]  # each chunk resumed where the last stopped
+    assert len(done) == 4 and [d["name"] for d in done[:2]] == ["ls-c8", "ls-c16"]  # not started: in order
+    for name in ("ls-c8", "ls-c16"):  # each chunk resumed where that point's last one stopped
+        steps = [d["steps"] for d in done if d["name"] == name]
+        assert steps == list(range(1, len(steps) + 1))
+    n8 = sum(d["name"] == "ls-c8" for d in done)
     readme = (root / "README.md").read_text()
-    assert "| ls-c8 | 2 | 8 |" in readme and "codec_programme --recipe smoke" in readme
+    assert f"| ls-c8 | {n8} | 8 |" in readme and "codec_programme --recipe smoke" in readme
     manifest = json.load(open(tmp_path / "res" / "corpus.json"))
     assert manifest["photos"] and manifest["excluded"]
 
 
-def test_each_round_starts_with_the_least_trained_point(tmp_path):
+def test_a_point_behind_gets_every_chunk_until_it_catches_up(tmp_path):
+    from latentstore_train.codec_programme import run_programme
+    root = tmp_path / "programme"
+    run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, chunks=2, results_dir="", points=("ls-c8", "ls-c16"))
+    meta_file = root / "ls-c16" / "ckpt.json"  # ls-c16 now counts an hour of training CPU, ls-c8 a moment
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "cpu_seconds": 3600.0}))
+    done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, chunks=3, results_dir="",
+                         points=("ls-c8", "ls-c16"))
+    assert [(d["name"], d["steps"]) for d in done] == [("ls-c8", 2), ("ls-c8", 3), ("ls-c8", 4)]
+
+
+def test_the_points_sort_by_training_cpu_least_first(tmp_path):
     from latentstore_train.codec_programme import least_trained_first
     for name, cpu_s in (("ls-c8", 5000.0), ("ls-c16", 6500.0), ("ls-c32", 3300.0)):
         (tmp_path / name).mkdir()
@@ -162,7 +177,7 @@ def test_a_point_another_worker_holds_is_skipped(tmp_path):
         assert mine
         with claim(str(root / "ls-c8")) as again:  # a second holder (flock: per open file) is refused
             assert not again
-        done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, rounds=1, results_dir="",
+        done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, chunks=1, results_dir="",
                              points=("ls-c8", "ls-c16"))
     assert [d["name"] for d in done] == ["ls-c16"] and not (root / "ls-c8" / "ckpt.json").exists()
 

@@ -167,15 +167,20 @@ def msssim_distortion(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def symbol_counts(model, photos: list[torch.Tensor], device: str) -> tuple[np.ndarray, float, np.ndarray]:
-    """(per-channel counts, floor fraction, per-(channel, context) counts) over the whole training photos:
-    what `model.update` freezes into the v1 and v2 tables."""
+def symbol_counts(model, photos: list[torch.Tensor], device: str
+                  ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray | None]:
+    """(per-channel counts, floor fraction, v2 per-(channel, context) counts, v3's (None when L > 6)) over the
+    whole training photos: what `model.update` freezes into the v1, v2 and v3 tables."""
+    from latentstore.codec.entropy import rans_v3
     from latentstore.codec.entropy.rans_v2 import context_counts
     model.eval()
     C, L = model.cfg.C, model.cfg.L
     hist, ctx = np.zeros((C, L), dtype=np.int64), np.zeros((C, L + 1, L), dtype=np.int64)
+    ctx3 = np.zeros((C, rans_v3.n_contexts(L), L), dtype=np.int64) if L <= rans_v3.MAX_L else None
     for img in photos:
         sym = model.symbols(img.unsqueeze(0).float().to(device) / 255.0)["symbols"].cpu().numpy()
         hist += np.stack([np.bincount(sym[:, c].ravel(), minlength=L) for c in range(C)])
         ctx += context_counts(sym, L)
-    return hist, 1e-4, ctx
+        if ctx3 is not None:
+            ctx3 += rans_v3.context_counts(sym, L)
+    return hist, 1e-4, ctx, ctx3

@@ -1,12 +1,12 @@
-"""The long codec training programme (issue 29): every operating point, round-robin, in chunks of CPU time.
+"""The long codec training programme (issue 29): every operating point, in chunks of CPU time, least-trained first.
 
     setsid nohup nice -n 19 python -m latentstore_train.codec_programme [--recipe cpu-long] [--chunk-cpu-minutes 20]
         [--workers 2] &
 
-With --workers N, N single-thread processes share the points: each takes the next point no other holds (a
-flock on its folder). Each chunk resumes one point from its checkpoint in train/programme/<point>/ (committed
-to git: a fresh clone continues the run), trains it for `chunk_cpu_minutes` of training CPU time, and stops checkpointed; then the next
-point. One point alone resumes with the same recipe through the CLI:
+With --workers N, N single-thread processes share the points: before every chunk, each takes the least-trained
+point no other holds (a flock on its folder). Each chunk resumes one point from its checkpoint in
+train/programme/<point>/ (committed to git: a fresh clone continues the run), trains it for `chunk_cpu_minutes`
+of training CPU time, and stops checkpointed; then the next chunk. One point alone resumes with the same recipe through the CLI:
 `latentstore train codec --name ls-c16 --recipe cpu-long --out train/programme/ls-c16`.
 SIGTERM / SIGINT stop the programme after the current step, checkpointed (kill -STOP / -CONT pause it).
 Validation rows go to benchmarks/results/codec_training/<point>-val.csv|png; train/programme/README.md is
@@ -34,9 +34,10 @@ ROOT = os.path.join(REPO, "train", "programme")
 RESULTS = os.path.join(REPO, "benchmarks", "results", "codec_training")
 
 
-def run_programme(root: str = ROOT, recipe: str = "cpu-long", chunk_cpu_minutes: float = 20.0, rounds: int = 0,
+def run_programme(root: str = ROOT, recipe: str = "cpu-long", chunk_cpu_minutes: float = 20.0, chunks: int = 0,
                   results_dir: str = RESULTS, points=tuple(OPERATING_POINTS), **overrides) -> list[dict]:
-    """Round-robin chunks until every point's schedule is done, `rounds` rounds ran (0: no limit) or a signal."""
+    """Chunk after chunk, each on the least-trained point no other worker holds, until every point's schedule is
+    done, this process ran `chunks` chunks (0: no limit) or a signal came."""
     done: list[dict] = []
     if results_dir:  # the corpus the programme trains on, with hashes, beside its figures
         from latentstore.atomic import write_json_atomic
@@ -45,36 +46,39 @@ def run_programme(root: str = ROOT, recipe: str = "cpu-long", chunk_cpu_minutes:
         write_json_atomic(corpus_manifest(), os.path.join(results_dir, "corpus.json"))
     write_readme(root, recipe, chunk_cpu_minutes, points)
     with StopSignals() as stop:
-        k = 0
-        while not stop.signum and (not rounds or k < rounds):
-            finished, busy = True, 0
-            for name in least_trained_first(root, points):
-                run_dir = os.path.join(root, name)
-                with claim(run_dir) as mine:  # another worker of the programme may be training this point
-                    if not mine:
-                        busy += 1
-                        continue
-                    cfg = recipe_config(name, recipe, max_cpu_seconds=60.0 * chunk_cpu_minutes,
-                                        results_dir=results_dir, **overrides)
-                    r = train(cfg, run_dir, progress=False)
-                done.append({"name": name, **r})
-                finished &= r["finished"]
-                write_readme(root, recipe, chunk_cpu_minutes, points)
-                print(json.dumps({"time": time.strftime("%H:%M:%S"), "name": name, **r}), flush=True)
-                if stop.signum or r["stopped_by"] == "signal":
-                    return done
-            if finished and not busy:
+        while not stop.signum and (not chunks or len(done) < chunks):
+            pending = [name for name in least_trained_first(root, points) if not schedule_done(root, name)]
+            if not pending:
                 break
-            if busy == len(points):
-                time.sleep(5)  # every point is being trained by another worker
-            k += 1
+            r = None
+            for name in pending:  # the least-trained first; a point another worker holds is passed over
+                with claim(os.path.join(root, name)) as mine:
+                    if mine:
+                        cfg = recipe_config(name, recipe, max_cpu_seconds=60.0 * chunk_cpu_minutes,
+                                            results_dir=results_dir, **overrides)
+                        r = train(cfg, os.path.join(root, name), progress=False)
+                        break
+            if r is None:
+                time.sleep(5)  # every pending point is being trained by another worker
+                continue
+            done.append({"name": name, **r})
+            write_readme(root, recipe, chunk_cpu_minutes, points)
+            print(json.dumps({"time": time.strftime("%H:%M:%S"), "name": name, **r}), flush=True)
+            if r["stopped_by"] == "signal":
+                break
     return done
+
+
+def schedule_done(root: str, name: str) -> bool:
+    st = point_status(os.path.join(root, name))
+    return bool(st) and st["step"] >= st["steps"]
 
 
 def least_trained_first(root: str, points) -> list[str]:
     """The points by training CPU spent so far, least first (ties: the given order). In the given order the
     workers kept taking the first two points and ls-c32 fell behind (0.9 CPU-h against 1.4 and 1.8); issue #29
-    asks each point for the same budget."""
+    asks each point for the same budget. Sorted again before every chunk: sorting once per round still gave every
+    point one chunk a round, so a point behind never caught up."""
     spent = {name: point_status(os.path.join(root, name)).get("cpu_hours", 0.0) for name in points}
     return sorted(points, key=lambda name: spent[name])
 
@@ -135,7 +139,7 @@ def write_readme(root: str, recipe: str, chunk: float, points) -> None:
              "Resumable checkpoints of the long CPU training, one folder per operating point "
              "(ckpt-<sha12>.safetensors + ckpt.json, which names it: weights, Adam, schedule, RNG, crop sampler; "
              "log.csv; val.csv). A fresh clone continues the run where it stopped.", "",
-             "Resume the whole programme (round-robin, chunks of training CPU time):", "",
+             "Resume the whole programme (chunks of training CPU time, least-trained point first):", "",
              "```", f"setsid nohup nice -n 19 .venv/bin/python -m latentstore_train.codec_programme --recipe {recipe} "
              f"--chunk-cpu-minutes {chunk:g} --workers 2 >> train/programme/programme.log 2>&1 &", "```", "",
              f"or one point: `latentstore train codec --name ls-c16 --recipe {recipe} "
@@ -171,14 +175,15 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="cpu-long")
     ap.add_argument("--chunk-cpu-minutes", type=float, default=20.0)
-    ap.add_argument("--rounds", type=int, default=0, help="stop after this many rounds (0: until the schedules end)")
+    ap.add_argument("--chunks", type=int, default=0,
+                    help="stop after this many chunks per worker (0: until every schedule ends)")
     ap.add_argument("--root", default=ROOT)
     ap.add_argument("--workers", type=int, default=1, help="worker processes, one point each at a time")
     a = ap.parse_args(argv)
     if a.workers > 1:
         sys.exit(run_workers(a.workers, ["--recipe", a.recipe, "--chunk-cpu-minutes", str(a.chunk_cpu_minutes),
-                                         "--rounds", str(a.rounds), "--root", a.root]))
-    run_programme(a.root, a.recipe, a.chunk_cpu_minutes, a.rounds)
+                                         "--chunks", str(a.chunks), "--root", a.root]))
+    run_programme(a.root, a.recipe, a.chunk_cpu_minutes, a.chunks)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,30 @@ def keep_rows(path: str, keep) -> None:
 
 
 def append_rows(path: str, rows: list[dict]) -> None:
+    """Append rows to a CSV; a row with a column the file lacks rewrites it with that column (older rows empty)."""
     if not rows:
         return
     new = not os.path.exists(path)
+    fields = list(rows[0])
+    if not new:
+        with open(path, newline="") as f:
+            have = next(csv.reader(f), [])
+        if have and set(fields) - set(have):
+            with open(path, newline="") as f:
+                old = list(csv.DictReader(f))
+            fields = have + [k for k in fields if k not in have]
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(old)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        elif have:
+            fields = have
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         if new:
             w.writeheader()
         w.writerows(rows)
@@ -123,14 +142,17 @@ class Validator:
         if self._photos is None:
             self._photos, self._tables = validation_photos(), table_photos()
         codec = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).cpu().eval()
-        hist, floor, ctx = symbol_counts(codec, self._tables, "cpu")
-        codec.update(hist, floor, ctx)
-        r = measure_codecs([codec], device="cpu", photos=self._photos)[0]
+        hist, floor, ctx, ctx3 = symbol_counts(codec, self._tables, "cpu")
+        codec.update(hist, floor, ctx, ctx3)
+        # v2's bytes, as since the programme began: the series stays one curve (v3 is eval rd's default coder)
+        r = measure_codecs([codec], device="cpu", photos=self._photos, coder="latentstore.rans",
+                           also=("latentstore.rans3",))[0]
         marg = hist / hist.sum(1, keepdims=True)
         bits = -(marg * np.log2(np.where(marg > 0, marg, 1))).sum()  # marginal entropy, summed over channels
         row = {"step": step, "cpu_hours": round(train_cpu / 3600, 4), "wall_hours": round(wall / 3600, 4),
                "bpp": round(r["bpp"], 5), "psnr": round(r["psnr"], 3), "msssim": round(r["msssim"], 5),
-               "bpp_marginal": round(float(bits) / 64.0, 5), "val_cpu_seconds": round(time.process_time() - t0, 2)}
+               "bpp_marginal": round(float(bits) / 64.0, 5), "val_cpu_seconds": round(time.process_time() - t0, 2),
+               "bpp_v3": round(r["bpp_by_coder"]["latentstore.rans3"], 5)}  # added 2026-12-07: the delivered rate
         for p in self.paths:
             append_rows(p, [row])
         self.next_cpu = train_cpu + self.every
@@ -142,7 +164,8 @@ class Validator:
 
 
 def plot_csv(csv_path: str, png_path: str, x_key: str, xlabel: str, panels, title: str = "", style: str = "-") -> None:
-    """One panel per (column, title) of a CSV against column `x_key`."""
+    """One panel per (column, title) of a CSV against column `x_key`; a panel's column may be a tuple of columns
+    (drawn together with a legend; empty cells, e.g. a column added later, are left out)."""
     if not os.path.exists(csv_path):  # no window of the log has closed yet
         return
     import matplotlib
@@ -155,7 +178,13 @@ def plot_csv(csv_path: str, png_path: str, x_key: str, xlabel: str, panels, titl
     x = [float(r[x_key]) for r in rows]
     fig, ax = plt.subplots(1, len(panels), figsize=(13, 3.5))
     for a, (key, label) in zip(ax, panels):
-        a.plot(x, [float(r[key]) for r in rows], style, ms=3)
+        keys = key if isinstance(key, tuple) else (key,)
+        for k in keys:
+            pts = [(xi, float(r[k])) for xi, r in zip(x, rows) if r.get(k)]
+            if pts:
+                a.plot(*zip(*pts), style, ms=3, label=k)
+        if len(keys) > 1:
+            a.legend(fontsize=8)
         a.set_title(label)
         a.set_xlabel(xlabel)
         a.grid(alpha=0.3)
@@ -167,9 +196,9 @@ def plot_csv(csv_path: str, png_path: str, x_key: str, xlabel: str, panels, titl
 
 
 def plot_val(csv_path: str, png_path: str, name: str) -> None:
-    plot_csv(csv_path, png_path, "cpu_hours", "training CPU-hours", [("bpp", "delivered bpp (v2 coder)"),
-             ("psnr", "PSNR (dB)"), ("msssim", "MS-SSIM")], name + ": validation (step {step}, {cpu_hours:.5} CPU-h)",
-             "o-")
+    plot_csv(csv_path, png_path, "cpu_hours", "training CPU-hours",
+             [(("bpp", "bpp_v3"), "delivered bpp (bpp: v2, bpp_v3)"), ("psnr", "PSNR (dB)"), ("msssim", "MS-SSIM")],
+             name + ": validation (step {step}, {cpu_hours:.5} CPU-h)", "o-")
 
 
 def plot_log(csv_path: str, png_path: str) -> None:

@@ -71,8 +71,11 @@ def check_tile(tile: int | None) -> None:
 @click.option("--tile", type=int, default=None, help=_TILE_HELP)
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None, help=_PRECISION_HELP)
 @click.option("--quiet", is_flag=True, help="no progress bar (shown for large images that take over a second)")
+@click.option("--bitstream", type=click.Choice(["v3", "v2"]), default=None,
+              help="v3: the three-neighbour context coder (latentstore.rans3), fewer bytes; v2: latentstore.rans, "
+                   "what stores and the service keep [default: v3 where the codec's alphabet allows, else v2]")
 @friendly
-def compress(image, out, codec, force, tile, precision, quiet):
+def compress(image, out, codec, force, tile, precision, quiet, bitstream):
     """Compress IMAGE into a latentstore bitstream OUT."""
     from ..atomic import write_bytes_atomic
     from ..codec.api import compress as _compress
@@ -84,9 +87,11 @@ def compress(image, out, codec, force, tile, precision, quiet):
     check_tile(tile)
     c = load_codec(codec or DEFAULT_CODEC)
     rgb = load_image(image)
-    data = _compress(rgb, c, tile=tile, progress=not quiet, precision=precision)
+    coder = {None: None, "v2": "latentstore.rans", "v3": "latentstore.rans3"}[bitstream]
+    data = _compress(rgb, c, coder, tile=tile, progress=not quiet, precision=precision)
     write_bytes_atomic(out, data)
-    click.echo(f"{image}: {rgb.shape[1]}x{rgb.shape[0]} -> {len(data):,} bytes, {bpp(len(data), rgb.shape):.4f} bpp ({c.name})")
+    click.echo(f"{image}: {rgb.shape[1]}x{rgb.shape[0]} -> {len(data):,} bytes, {bpp(len(data), rgb.shape):.4f} bpp "
+               f"({c.name}, bitstream v{data[2] if data[:2] == b'LS' else 1})")
 
 
 @main.command()

@@ -33,8 +33,9 @@ _KEY_FILE_HELP = ("seal the schema with an HMAC-SHA256 under the key in this pri
 @click.option("--split", default=None,
               help="SRC is a PASCAL VOC-layout root: convert this split (train, val, trainval, train_aug, or a .txt "
                    "in ImageSets/Segmentation/), its masks stored beside the latents")
-@click.option("--bitstream", type=click.Choice(["v1", "v2"]), default="v2", show_default=True,
-              help="v2: interleaved rANS with context tables fitted to this store; v1: per-channel ANS")
+@click.option("--bitstream", type=click.Choice(["v1", "v2", "v3"]), default="v2", show_default=True,
+              help="v2: interleaved rANS with context tables fitted to this store; v3: the same with a three-neighbour "
+                   "context (latentstore.rans3: fewer bytes; codecs with L <= 6); v1: per-channel ANS")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None,
               help=_PRECISION_HELP + "; a resumed store keeps the arithmetic it records")
 @click.option("--key-file", type=click.Path(), default=None, help=_KEY_FILE_HELP)
@@ -157,7 +158,8 @@ def decoded_name(slot: int, source: str) -> str:
 @main.command()
 @click.argument("src", type=click.Path())
 @click.argument("dst", type=click.Path())
-@click.option("--bitstream", type=click.Choice(["v1", "v2"]), default="v2", show_default=True)
+@click.option("--bitstream", type=click.Choice(["v1", "v2", "v3"]), default="v2", show_default=True,
+              help="DST's entropy coder, as convert's --bitstream; v2 and v3 tables are refitted to SRC's symbols")
 @click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default=None, help="[default: SRC's]")
 @click.option("--key-file", type=click.Path(), default=None, help=_KEY_FILE_HELP)
 @click.option("--quiet", is_flag=True, help="no progress bar")

@@ -34,7 +34,7 @@ def image_symbols(codec: LatentCodec, rgb: np.ndarray, tile: int | None = None, 
     return tiling.rgb_symbols(codec, rgb, tile, progress, policy=codec.policy(precision))
 
 
-def compress(rgb, codec: LatentCodec | str, coder: str = DEFAULT_CODER, tile: int | None = None,
+def compress(rgb, codec: LatentCodec | str, coder: str | None = DEFAULT_CODER, tile: int | None = None,
              progress: bool = False, precision: str | None = None) -> bytes:
     """One image (uint8 array or PIL image) -> a complete bitstream. `tile`: see codec/tiling.py; `precision`:
     see image_symbols."""

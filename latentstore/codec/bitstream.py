@@ -22,6 +22,8 @@ Version 2 layout, whose payload is `latentstore.rans` (interleaved lanes, self-d
     payload
 v2 drops v1's codec name (the hash identifies the codec) and its word count (the payload runs to the
 end): 23 bytes of container at 256 px instead of ~47, which matters at 0.1 bpp (~570-byte images).
+Version 3 layout, whose payload is `latentstore.rans3` (v2's lanes with a three-neighbour context): v2's exactly,
+with version byte 3 (magic b"LS\x03"); the CRC is seeded with the crc32 of the v3 tables.
 
 The version selects the entropy coder (codec/entropy/registry.py), so `unpack` needs nothing but the
 bytes; checking that the codec (and its tables) are the right ones is the caller's job
@@ -37,6 +39,8 @@ from ..errors import BitstreamError
 
 MAGIC = b"LSB1"
 MAGIC_V2 = b"LS\x02"
+MAGIC_V3 = b"LS\x03"
+LS_VERSIONS = (2, 3)  # the versions in the short container (magic b"LS" + version byte)
 _FIXED = struct.Struct("<4sBBHHHII")  # magic, version, L, C, h, w, H, W
 _TAIL_V1 = struct.Struct("<8sII")  # hash, n_words, crc32
 MAX_VARINT_BYTES = 5
@@ -67,10 +71,10 @@ def tables_crc(tables) -> int:
 
 
 def pack(header: Header, payload: bytes, tables=None) -> bytes:
-    """Header + payload; v2 needs the coding `tables`, which seed its payload CRC."""
-    if header.version == 2:
+    """Header + payload; v2 and v3 need the coding `tables`, which seed their payload CRC."""
+    if header.version in LS_VERSIONS:
         fields = b"".join(_varint(v) for v in (header.C, header.L, header.h, header.w, header.H, header.W))
-        return b"".join([MAGIC_V2, bytes.fromhex(header.weights_hash), fields,
+        return b"".join([b"LS" + bytes([header.version]), bytes.fromhex(header.weights_hash), fields,
                          struct.pack("<I", zlib.crc32(payload, tables_crc(tables))), payload])
     if header.version != 1:
         raise ValueError(f"bitstream version {header.version} has no container writer here")
@@ -89,8 +93,8 @@ def pack(header: Header, payload: bytes, tables=None) -> bytes:
 
 def unpack(data: bytes) -> tuple[Header, bytes]:
     """Parse and check a bitstream; any damage is a BitstreamError naming what is wrong.
-    v1's CRC is checked here; v2's needs the decoder's tables: call check_crc(header, payload, tables)."""
-    if data[:3] == MAGIC_V2:
+    v1's CRC is checked here; v2's and v3's need the decoder's tables: call check_crc(header, payload, tables)."""
+    if data[:3] in (MAGIC_V2, MAGIC_V3):
         return _unpack_v2(data)
     if len(data) < _FIXED.size + 1 + _TAIL_V1.size:
         raise BitstreamError(f"bitstream is truncated ({len(data)} bytes, shorter than a header)")
@@ -123,8 +127,8 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
 
 
 def check_crc(header: Header, payload: bytes, tables) -> None:
-    """v2: the payload CRC, seeded with the crc32 of the tables the decoder is about to use."""
-    if header.version == 2 and zlib.crc32(payload, tables_crc(tables)) != header.crc:
+    """v2, v3: the payload CRC, seeded with the crc32 of the tables the decoder is about to use."""
+    if header.version in LS_VERSIONS and zlib.crc32(payload, tables_crc(tables)) != header.crc:
         raise BitstreamError("bitstream payload is corrupt, or was coded with other tables than the decoder's "
                              "(CRC mismatch)")
 
@@ -144,7 +148,7 @@ def _unpack_v2(data: bytes) -> tuple[Header, bytes]:
         raise BitstreamError("bitstream header is corrupt (shape out of range)")
     (crc,) = struct.unpack_from("<I", data, off)
     check_grid(h, w, H, W)
-    return Header("", data[3:11].hex(), C, L, h, w, H, W, 2, crc), bytes(data[off + 4:])
+    return Header("", data[3:11].hex(), C, L, h, w, H, W, data[2], crc), bytes(data[off + 4:])
 
 
 def _varint(v: int) -> bytes:
@@ -170,7 +174,7 @@ def _read_varint(data: bytes, off: int) -> tuple[int, int]:
 
 def payload_size(data: bytes) -> int:
     """Bytes of entropy-coded payload in a bitstream (its length minus the container header)."""
-    if data[:3] == MAGIC_V2:
+    if data[:3] in (MAGIC_V2, MAGIC_V3):
         return len(_unpack_v2(data)[1])
     if len(data) < _FIXED.size + 1 or data[4] != 1:
         raise BitstreamError("not a latentstore bitstream")

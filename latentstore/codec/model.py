@@ -27,10 +27,18 @@ from .entropy import get_coder
 from .networks import Decoder, Encoder
 from .quantizer import SoftToHardQuantizer
 
-DEFAULT_CODER = "latentstore.rans"  # the entropy coder compress() uses unless told otherwise (bitstream v2)
-# Coding tables refitted per codec file and per store; not part of the codec's identity (a v2 bitstream's
+DEFAULT_CODER = None  # compress() codes with default_coder(codec) unless told otherwise
+# Coding tables refitted per codec file and per store; not part of the codec's identity (a v2/v3 bitstream's
 # CRC is seeded with its tables' crc32 instead), so refitting them never orphans a store or a bitstream.
-UNHASHED_STATE = ("entropy.rans_tables",)
+UNHASHED_STATE = ("entropy.rans_tables", "entropy.rans3_tables")
+
+
+def default_coder(L: int) -> str:
+    """The coder compress() uses: `latentstore.rans3` (bitstream v3; 10-18% fewer bytes than v2 on the
+    programme's codecs, benchmarks/results/codec_training/context_whatif-programme.md) where its alphabet limit
+    allows, else `latentstore.rans` (v2)."""
+    from .entropy.rans_v3 import MAX_L
+    return "latentstore.rans3" if L <= MAX_L else "latentstore.rans"
 
 
 @dataclass
@@ -81,20 +89,35 @@ class EntropyModel(nn.Module):
     freqs        (C, L) int64 counts, every one > 0: `latentstore.ans` (v1), part of the codec's identity;
     rans_tables  (C, L+1, L) 12-bit counts conditioned on the symbol above: `latentstore.rans` (v2), the
                  fallback tables of bitstreams outside a store (a store fits its own). A codec file without
-                 them (made before v2) gets tables derived from `freqs`, context-free."""
+                 them (made before v2) gets tables derived from `freqs`, context-free.
+    rans3_tables (C, (L+1)**3, L) 12-bit counts conditioned on above, left, above-right: `latentstore.rans3`
+                 (v3), when L <= 6 (else (C, 0, L): no v3). A codec file or checkpoint without them (made
+                 before v3) gets v2's tables spread over the new contexts (v3_tables_from_v2): v3 then codes
+                 as v2 does, until refit_tables fits real ones."""
 
     def __init__(self, C: int, L: int):
         super().__init__()
+        from .entropy.rans_v3 import MAX_L, n_contexts
         self.register_buffer("freqs", torch.ones(C, L, dtype=torch.int64))
         self.register_buffer("rans_tables", torch.from_numpy(context_free_tables(np.ones((C, L), np.int64))))
+        self.register_buffer("rans3_tables", torch.from_numpy(
+            v3_tables_from_v2(self.rans_tables.numpy()) if L <= MAX_L else np.zeros((C, 0, L), np.int32)))
+        self._v3_rows = n_contexts(L) if L <= MAX_L else 0
 
-    def update(self, counts, floor_fraction: float = 1e-4, context_counts: np.ndarray | None = None) -> None:
-        """New v1 counts (C, L); new v2 tables from (C, L+1, L) context counts when given, else from the counts."""
+    def update(self, counts, floor_fraction: float = 1e-4, context_counts: np.ndarray | None = None,
+               context3_counts: np.ndarray | None = None) -> None:
+        """New v1 counts (C, L); new v2 tables from (C, L+1, L) context counts when given, else from the counts;
+        new v3 tables from (C, (L+1)**3, L) counts when given, else v2's spread over v3's contexts."""
+        from .entropy import rans_v3
         from .entropy.rans_v2 import tables_from_counts
         self.freqs.copy_(torch.as_tensor(floor_frequencies(np.asarray(counts), floor_fraction)))
         fitted = tables_from_counts(context_counts) if context_counts is not None else \
             context_free_tables(self.freqs.cpu().numpy())
         self.rans_tables.copy_(torch.from_numpy(fitted.astype(np.int32)))
+        if self._v3_rows:
+            fitted3 = rans_v3.tables_from_counts(context3_counts) if context3_counts is not None else \
+                v3_tables_from_v2(fitted)
+            self.rans3_tables.copy_(torch.from_numpy(fitted3.astype(np.int32)))
 
     def tables(self, coder_id: str):
         """What coder `coder_id` codes with."""
@@ -102,7 +125,26 @@ class EntropyModel(nn.Module):
             return self.freqs.cpu().numpy()
         if coder_id == "latentstore.rans":
             return self.rans_tables.cpu().numpy().astype(np.uint16)
+        if coder_id == "latentstore.rans3" and self._v3_rows:
+            return self.rans3_tables.cpu().numpy().astype(np.uint16)
         raise BitstreamError(f"codec has no tables for entropy coder {coder_id!r}")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A state from before v3 (codec files, training checkpoints) has no rans3_tables: derive them."""
+        key = prefix + "rans3_tables"
+        if key not in state_dict and prefix + "rans_tables" in state_dict:
+            v2 = state_dict[prefix + "rans_tables"].cpu().numpy()
+            state_dict[key] = torch.from_numpy(v3_tables_from_v2(v2) if self._v3_rows else
+                                               np.zeros((v2.shape[0], 0, v2.shape[2]), np.int32))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def v3_tables_from_v2(tables: np.ndarray) -> np.ndarray:
+    """(C, L+1, L) v2 tables -> (C, (L+1)**3, L) v3 tables that use only the symbol above (v2's model)."""
+    t = np.asarray(tables)
+    L = t.shape[-1]
+    above = np.arange((L + 1) ** 3) // ((L + 1) ** 2)  # ctx = (above * (L+1) + left) * (L+1) + above_right
+    return np.ascontiguousarray(t[:, above, :]).astype(np.int32)
 
 
 def context_free_tables(freqs: np.ndarray) -> np.ndarray:
@@ -156,11 +198,11 @@ class LatentCodec(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
-    def update(self, counts=None, floor_fraction: float = 1e-4, context_counts=None) -> str:
-        """Rebuild the coding tables (from (C, L) symbol counts and, for v2, (C, L+1, L) context counts, when
+    def update(self, counts=None, floor_fraction: float = 1e-4, context_counts=None, context3_counts=None) -> str:
+        """Rebuild the coding tables (from (C, L) symbol counts and, for v2 and v3, their context counts, when
         given) and the hash; returns the hash."""
         if counts is not None:
-            self.entropy.update(counts, floor_fraction, context_counts)
+            self.entropy.update(counts, floor_fraction, context_counts, context3_counts)
         self._hash = None
         return self.hash
 
@@ -251,11 +293,13 @@ class LatentCodec(nn.Module):
             return tiling.reconstruct_tiled(self, symbols, size or full, tile, policy=policy)
         return self.decode(self.quantizer.dequantize(symbols.to(self.device)), size, policy)
 
-    def pack(self, symbols: np.ndarray, size: tuple[int, int], coder: str = DEFAULT_CODER, tables=None) -> bytes:
+    def pack(self, symbols: np.ndarray, size: tuple[int, int], coder: str | None = DEFAULT_CODER,
+             tables=None) -> bytes:
         """Entropy-code (C, h, w) symbols of an image of `size` (H, W) into a complete bitstream.
-        `tables`: the coder's tables to use instead of the codec's own (a store's fitted tables)."""
+        `coder`: None for default_coder(L). `tables`: the coder's tables to use instead of the codec's own (a
+        store's fitted tables)."""
         C, h, w = symbols.shape
-        c = get_coder(coder)
+        c = get_coder(coder or default_coder(self.cfg.L))
         tables = self.entropy.tables(c.id) if tables is None else tables
         header = bs.Header(self.name, self.hash, C, self.cfg.L, h, w, int(size[0]), int(size[1]), c.bitstream_version)
         return bs.pack(header, c.encode(np.ascontiguousarray(symbols, dtype=np.uint8), tables), tables)
@@ -279,7 +323,7 @@ class LatentCodec(nn.Module):
         return header, symbols
 
     @torch.no_grad()
-    def compress(self, x01, coder: str = DEFAULT_CODER):
+    def compress(self, x01, coder: str | None = DEFAULT_CODER):
         """(B, 3, H, W) tensor in [0, 1] -> {'strings': B complete bitstreams, 'shape': (H, W)} (CompressAI's
         convention). One image as an (H, W, 3) uint8 array or a PIL image -> its bitstream (bytes)."""
         if not torch.is_tensor(x01):

@@ -5,15 +5,17 @@
                  chunks of at most CPU_CHUNK images, one per core on one torch thread each: see
                  codec/workers.py) -> the fused symbols + histogram kernel. Asynchronous on the GPU.
                                                                                                     (main thread)
-    finish(h)    what the host needs of a batch. CPU path: its symbols. GPU path (v2 stores of fixed size):
+    finish(h)    what the host needs of a batch. CPU path: its symbols. GPU path (v2/v3 stores of fixed size):
                  the rANS lanes of its payloads (the Triton encoder, on a side stream), its context counts
                  and which images are all zeros; the symbols stay on the device. The pipeline finishes a
                  batch after it has launched the next one, so the GPU always has the next encoder queued
                  while the host waits for this batch's entropy coding.                         (main thread)
     code(...)    a shard's payloads: numba rANS over all its host symbols at once (threads split it), or the
                  assembly of the GPU's lanes into payloads (a byte shuffle).                     (writer thread)
-Both coders give the same bytes (tests/test_bitstream_v2.py, tests/test_convert.py), so a store's bytes do
-not depend on where it was entropy-coded; they do depend on the encoder's arithmetic (the policy, recorded in
+The store's coder (v2 `latentstore.rans` or v3 `latentstore.rans3`: store/coders.py) picks the context counts,
+the numba coder and the Triton kernels; the stages are the same for both.
+Both paths give the same bytes (tests/test_bitstream_v2.py, tests/test_convert.py, tests/test_store_v3.py), so a
+store's bytes do not depend on where it was entropy-coded; they do depend on the encoder's arithmetic (the policy, recorded in
 schema.policy["encoder"]; an image's symbols do not depend on its batch, chunk or thread count). Stores
 written before the policy was recorded were fp32 on the CPU, bf16 on CUDA (resume_policy keeps to that).
 torch.backends.cudnn.benchmark stays off: its timed choice of convolution algorithms could round
@@ -28,12 +30,12 @@ import numpy as np
 import torch
 
 from ..codec import bitstream as bs
-from ..codec.entropy import rans_v2
 from ..codec.workers import run_all, worker_count
 from ..device import CodecPolicy, codec_policy, policy_from_record, resolve_precision
 from ..errors import UsageError
+from ..store.coders import RANS_ID, LaneCoder, lane_coder
 
-RANS = "latentstore.rans"
+RANS = RANS_ID  # kept for importers of the name
 CPU_CHUNK = 8  # images per encoder call on the CPU: 16 at once ran 1.5x, 32 2.6x slower per image than 8 (cache)
 
 
@@ -41,7 +43,7 @@ CPU_CHUNK = 8  # images per encoder call on the CPU: 16 at once ran 1.5x, 32 2.6
 class EncodedBatch:
     slots: list[int]
     metas: list[dict]
-    counts: np.ndarray  # (C, L) hard histogram (v1 stores) or (C, L+1, L) context counts (v2), the batch's
+    counts: np.ndarray  # (C, L) hard histogram (v1 stores) or (C, contexts, L) context counts (v2, v3), the batch's
     shape: tuple  # one image's (C, h, w)
     symbols: np.ndarray | None = None  # (B, C, h, w) uint8 on the host; None on the GPU path
     device_symbols: torch.Tensor | None = None  # GPU path, stores with masks: a bad mask's sample is read back
@@ -59,20 +61,16 @@ class EncodedBatch:
         return self.symbols[i] if self.symbols is not None else self.device_symbols[i].cpu().numpy()
 
 
-def context_counts_t(sym: torch.Tensor, L: int) -> torch.Tensor:
-    """rans_v2.context_counts on the symbols' device: (B, C, h, w) -> (C, L+1, L) int64, one bincount."""
-    B, C, h, w = sym.shape
-    s = sym.to(torch.int64)
-    ctx = torch.full_like(s, L)
-    ctx[:, :, 1:] = s[:, :, :-1]
-    idx = (torch.arange(C, device=s.device).view(1, C, 1, 1) * (L + 1) + ctx) * L + s
-    return torch.bincount(idx.flatten(), minlength=C * (L + 1) * L).view(C, L + 1, L)
+def context_counts_t(sym: torch.Tensor, L: int, coder: LaneCoder | None = None) -> torch.Tensor:
+    """`coder`'s (default v2's) context_counts on the symbols' device: (B, C, h, w) -> (C, contexts, L) int64."""
+    return (coder or lane_coder(RANS_ID)).context_counts_t(sym, L)
 
 
-def sample_counts(sym: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """One image's share of a shard's counts, in their kind ((C, L+1, L) context counts or (C, L))."""
+def sample_counts(sym: np.ndarray, counts: np.ndarray, coder: LaneCoder | None = None) -> np.ndarray:
+    """One image's share of a shard's counts, in their kind: `coder`'s (C, contexts, L) context counts (v2 when
+    not given), or (C, L) symbol counts."""
     if counts.ndim == 3:
-        return rans_v2.context_counts(sym, counts.shape[-1])
+        return (coder or lane_coder(RANS_ID)).context_counts(sym, counts.shape[-1])
     return np.stack([np.bincount(c, minlength=counts.shape[1]) for c in sym.reshape(len(counts), -1)])
 
 
@@ -86,7 +84,7 @@ def pixels(group: list, device: str) -> torch.Tensor:
 
 
 class Encoder:
-    """model: the codec on `device`, channels_last. gpu_coding: entropy-code v2 payloads with the Triton
+    """model: the codec on `device`, channels_last. gpu_coding: entropy-code v2/v3 payloads with the Triton
     encoder (on CUDA by default; `entropy="triton"` forces it, also on the CPU through TRITON_INTERPRET).
     policy: the coding policy (device.CodecPolicy); None: device.codec_policy(device), the fast one."""
 
@@ -97,10 +95,11 @@ class Encoder:
         self.workers = worker_count(None, device)  # CPU: a batch's chunks encoded one per core (codec/workers.py)
         model.prepare(self.policy)
         self.C, self.L = schema.codec["C"], schema.codec["L"]
-        self.v2 = schema.codec.get("coder") == RANS
+        self.lane = lane_coder(schema.codec.get("coder"))  # v2 or v3: payloads coded here; None: v1
         self.fixed = schema.policy["mode"] == "fixed"
         self.side = schema.policy.get("size")
-        self.gpu_coding = self.v2 and self.fixed and (entropy == "triton" or (entropy == "auto" and device == "cuda"))
+        self.gpu_coding = self.lane is not None and self.fixed and (
+            entropy == "triton" or (entropy == "auto" and device == "cuda"))
         self.keep_device_symbols = schema.has_masks  # only a bad mask needs a sample's symbols back
         self.stream = torch.cuda.Stream() if self.gpu_coding and device == "cuda" else None
         self.tables = self.tables_t = None
@@ -110,13 +109,13 @@ class Encoder:
             self._forward = torch.compile(lambda x: enc.forward_unbiased(norm(x)), dynamic=False)
 
     def set_tables(self, tables: np.ndarray | None) -> None:
-        """v2: the store's own tables, once the store exists (the table fit before it needs none)."""
+        """v2, v3: the store's own tables, once the store exists (the table fit before it needs none)."""
         self.tables = tables
         if tables is not None and self.gpu_coding:
             self.tables_t = torch.from_numpy(np.asarray(tables, np.int64)).to(self.device)
 
     def zero_counts(self) -> np.ndarray:
-        return np.zeros((self.C, self.L + 1, self.L) if self.v2 else (self.C, self.L), np.int64)
+        return np.zeros(self.lane.counts_shape(self.C, self.L) if self.lane else (self.C, self.L), np.int64)
 
     # ------------------------------------------------------------------------------- main thread
     @torch.no_grad()
@@ -166,19 +165,18 @@ class Encoder:
 
     def _host(self, slots, metas, sym, hist, _ev, _pixels) -> EncodedBatch:
         s = sym.cpu().numpy()
-        counts = rans_v2.context_counts(s, self.L) if self.v2 else hist.cpu().numpy()
+        counts = self.lane.context_counts(s, self.L) if self.lane else hist.cpu().numpy()
         return EncodedBatch(slots, metas, counts, s.shape[1:], symbols=s)
 
     def _device(self, slots, metas, sym, hist, ev, _pixels) -> EncodedBatch:
-        from latentstore_kernels.rans import encode_lanes
-        K = rans_v2.lanes_for(None, *sym.shape[1:])
+        K = self.lane.lanes(*sym.shape[1:])
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
             if self.stream is not None:
                 self.stream.wait_event(ev)
                 sym.record_stream(self.stream)  # made on the main stream, read on this one
-            counts = context_counts_t(sym, self.L)
+            counts = self.lane.context_counts_t(sym, self.L)
             zero = sym.flatten(1).amax(1) == 0
-            words, nwords, states = encode_lanes(sym, self.tables_t, K)  # waits for this stream only
+            words, nwords, states = self.lane.gpu.encode_lanes(sym, self.tables_t, K)  # waits for this stream only
             # words are 16-bit values in int32: halved before they cross (int16 wraps them; read back as uint16)
             lanes = (words.to(torch.int16).cpu().numpy().view(np.uint16), nwords.cpu().numpy(), states.cpu().numpy())
             return EncodedBatch(slots, metas, counts.cpu().numpy(), tuple(sym.shape[1:]), lanes=lanes,
@@ -186,8 +184,9 @@ class Encoder:
 
     # ----------------------------------------------------------------------------- writer thread
     def code(self, samples: list, refs: list, threads: int) -> None:
-        """v2 payloads of a shard's samples (refs: each sample's (EncodedBatch, row)): the GPU's lanes assembled,
-        host symbols coded by numba in one call per latent shape (fixed size: the whole shard)."""
+        """v2/v3 payloads of a shard's samples (refs: each sample's (EncodedBatch, row)): the GPU's lanes assembled
+        (one byte shuffle for both: they share the payload layout), host symbols coded by numba in one call per
+        latent shape (fixed size: the whole shard)."""
         from ..codec.entropy.rans_kernels_cpu import assemble_range
         by_shape: dict = {}
         assembled: dict = {}
@@ -203,15 +202,16 @@ class Encoder:
                 assembled[id(b)] = [out[j, :n].tobytes() for j, n in enumerate(lengths)]
             s.payload = assembled[id(b)][i]
         for group in by_shape.values():
-            coded = rans_v2.encode_batch(np.stack([sym for _, sym in group]), self.tables, threads=threads)
+            coded = self.lane.encode_batch(np.stack([sym for _, sym in group]), self.tables, threads=threads)
             for (s, _), p in zip(group, coded):
                 s.payload = p
 
     def bitstream(self, s) -> bytes:
-        """A v2 sample's complete bitstream from its payload: what codec.pack makes, without coding again."""
+        """A v2/v3 sample's complete bitstream from its payload: what codec.pack makes, without coding again."""
         C, h, w = s.symbols.shape if s.symbols is not None else (self.C, self.side // 8, self.side // 8)
         m = self.model
-        header = bs.Header(m.name, m.hash, C, self.L, h, w, int(s.stored_size[0]), int(s.stored_size[1]), 2)
+        header = bs.Header(m.name, m.hash, C, self.L, h, w, int(s.stored_size[0]), int(s.stored_size[1]),
+                           self.lane.version)
         return bs.pack(header, s.payload, self.tables)
 
 

@@ -5,7 +5,7 @@ Stages, overlapped with threads (DALI, torch and numba release the GIL):
     reader thread : DALI decode + resize/crop (or Pillow + the same resize); on CUDA the hardware JPEG
                     decoder, GPU resize/crop, and a DLPack hand-off: the pixels stay on the GPU
     main thread   : encoder (bf16 channels_last on CUDA and native-bf16 CPUs) -> fused symbols + histogram; on CUDA the
-                    v2 rANS encoder (a side stream), so that only compressed bytes reach the host (encode.py)
+                    v2/v3 rANS encoder (a side stream), so that only compressed bytes reach the host (encode.py)
     writer thread : the shard's payloads (numba rANS over the whole shard on the CPU; assembly of the GPU's
                     lanes), then its files written directly (fixed-size Zarr) and its part record, committed
 So reading batch k+2, decoding k+1, encoding k and coding + writing the previous shard run together; the
@@ -31,15 +31,15 @@ import torch
 from ..codec.zoo import codec_file, load_codec
 from ..device import resolve_device
 from ..errors import UsageError
+from ..store.coders import coder_for_bitstream, lane_coder
 from ..store.lock import LOCK_DIR
 from ..store.schema import StoreSchema
 from ..store.writer import StoreWriter, finalize_store
 from .decode import DaliImageStage, decode_batch, read_screened
-from .encode import RANS, EncodedBatch, Encoder, resume_policy
+from .encode import EncodedBatch, Encoder, resume_policy
 from .shards import code_and_write, make_samples
 from .sources import InputItem, list_inputs
 
-CODERS = {"v1": "latentstore.ans", "v2": RANS}  # --bitstream -> entropy coder
 GPU_MIN_BATCH = 256  # on CUDA, images per decode and encoder batch at least: the hardware decoder, the encoder
 # and the rANS lanes (images x 16) all want that many in flight (issue #11: 40k img/s encoder ceiling at 256)
 
@@ -59,8 +59,9 @@ class ConvertOptions:
     progress: bool = True  # show a progress bar
     max_shards: int = 0  # stop after this many shards (0: all); for benchmarks and tests
     max_file_mb: int = 256  # an input file (or tar member) larger than this is a reject, not a memory blow-up
-    bitstream: str = "v2"  # v2: latentstore.rans with tables fitted to the store; v1: latentstore.ans
-    entropy: str = "auto"  # v2 coder: auto (Triton on CUDA, numba on the CPU), triton, numba: the same bytes
+    bitstream: str = "v2"  # v2: latentstore.rans with tables fitted to the store; v3: latentstore.rans3 (the same,
+    # three-neighbour contexts, L <= 6); v1: latentstore.ans
+    entropy: str = "auto"  # v2/v3 coder: auto (Triton on CUDA, numba on the CPU), triton, numba: the same bytes
     encoder: str = "eager"  # eager | compile (torch.compile, fixed size; other float rounding: kept in the policy)
     precision: str | None = None  # auto | bf16 | fp32; None: LATENTSTORE_PRECISION, else auto (device.codec_policy)
     reader_threads: int = 4  # threads reading and screening the next batch's files
@@ -133,6 +134,7 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
                          f"(got {opts.entropy!r}, {opts.encoder!r})")
     rank, world = resolve_rank(opts)
     codec = load_codec(opts.codec)
+    coder = coder_for_bitstream(opts.bitstream, codec.cfg.L, f"codec {codec.name}")  # before any work
     listing = list_inputs(src)
     device = resolve_device(opts.device)
     if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process of a node
@@ -152,9 +154,6 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
         inputs_sha256=listing.sha256(), name=os.path.basename(os.path.normpath(dst)).split(".")[0] or "latents",
         has_masks=any(it.mask for it in listing.items) and opts.size is not None,
     )
-    coder = CODERS.get(opts.bitstream)
-    if coder is None:
-        raise UsageError(f"--bitstream must be v1 or v2 (got {opts.bitstream!r})")
     schema.codec["coder"] = coder
     compiled = opts.encoder == "compile" and opts.size is not None
     # what the encoder runs in (dtype, layout, compile) is part of the policy: the writer refuses a resume whose
@@ -171,15 +170,16 @@ def convert(src: str, dst: str, opts: ConvertOptions) -> ConvertSummary:
     stats = {"decode": 0.0, "encode": 0.0, "code": 0.0, "write": 0.0, "fit": 0.0}  # seconds; the fit's own
     # decoding and encoding count in decode and encode too
     # rank 0 fits the store's tables once, when it creates the store; other ranks and resumes read them
+    lane = lane_coder(coder)
     on_create = (lambda sch: _fit_tables(sch, listing.items, enc, stage, batch, opts, ready, stats)) \
-        if coder == RANS else None
+        if lane is not None else None
     writer = StoreWriter.open(dst, schema, codec_file(opts.codec), opts.resume, rank, world, on_create=on_create)
     try:
         if rank == 0 and listing.notes:
             writer.record_notes(listing.notes)  # not inputs, but worth keeping (an empty class folder)
-        if coder == RANS:
+        if lane is not None:
             from ..store.backends import schema_tables
-            enc.set_tables(schema_tables(writer.schema, RANS))
+            enc.set_tables(schema_tables(writer.schema, coder))
         done = writer.committed()
         mine = [k for k in range(schema.num_shards) if k % world == rank]
         todo = [k for k in mine if k not in done]
@@ -216,7 +216,7 @@ def _dali_threads(device: str) -> int:
 
 def _fit_tables(schema: StoreSchema, items: list[InputItem], enc: Encoder, stage, batch: int, opts: ConvertOptions,
                 ready: dict, stats: dict) -> None:
-    """The store's v2 tables, from a seeded sample of its inputs, into the schema it is created with. The sample
+    """The store's v2/v3 tables, from a seeded sample of its inputs, into the schema it is created with. The sample
     is made of the main run's own batches (tables.fit_batches), and the same inputs through the same encoder
     give the same symbols, so those batches are kept in `ready` instead of being encoded twice (on the CPU,
     where the encoder is nearly all of the time; the GPU path codes every batch on the device instead)."""
@@ -247,11 +247,11 @@ def _fit_tables(schema: StoreSchema, items: list[InputItem], enc: Encoder, stage
         return [(slot, b.symbols[i], b.metas[i]) for b in batches for i, slot in enumerate(b.slots)], None
 
     try:
-        schema.codec["rans_tables"] = fit_store_tables([list(b) for b in order], decode, encode, schema.codec["C"],
-                                                       schema.codec["L"]).tolist()
+        schema.codec[enc.lane.tables_field] = enc.lane.tables_json(fit_store_tables(
+            [list(b) for b in order], decode, encode, schema.codec["C"], schema.codec["L"], enc.lane))
     finally:
         ahead.shutdown(wait=True)
-    schema.codec["rans_tables_fit"] = recorded(sum(len(b) for b in order), BATCH_METHOD)
+    schema.codec[enc.lane.fit_field] = recorded(sum(len(b) for b in order), BATCH_METHOD)
     stats["fit"] += time.time() - t_fit
 
 

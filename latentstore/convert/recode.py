@@ -1,9 +1,12 @@
-"""`latentstore recode SRC DST`: a store re-entropy-coded from its symbols alone (v1 -> v2, or a refit of v2).
+"""`latentstore recode SRC DST`: a store re-entropy-coded from its symbols alone (v1 -> v2, v2 -> v3, v3 -> v2, or a
+refit of v2 / v3).
 
 Images are not touched: every sample's symbols, label, size, source and mask are read from SRC and
 written to DST with the new coder, at the same slots and shards, so DST decodes to exactly SRC's
-symbols. v2 tables are refitted on a seeded sample of SRC's symbols (as conversion fits them on its
-inputs). Rejects and notes carry over; totals of the sources are SRC's.
+symbols. v2 and v3 tables are refitted on a seeded sample of SRC's symbols (as conversion fits them on its
+inputs), so DST's latent bytes depend on SRC's symbols alone: v2 -> v3 -> v2 gives the latent bytes of a v2 -> v2
+recode (and of the converted v2 store itself, up to FIT_SAMPLES inputs, where both fits take every sample).
+Rejects and notes carry over; totals of the sources are SRC's.
 """
 from __future__ import annotations
 
@@ -15,31 +18,34 @@ import numpy as np
 from ..errors import UsageError
 from ..store import open_store
 from ..store.backends import schema_tables
+from ..store.coders import BITSTREAMS, TABLE_FIELDS, coder_for_bitstream, lane_coder
 from ..store.schema import CODEC_FILE
 from ..store.writer import Sample, StoreWriter, finalize_store
 from .tables import fit_sample, recorded
 
-CODERS = {"v1": "latentstore.ans", "v2": "latentstore.rans"}
+CODERS = BITSTREAMS  # --bitstream -> entropy coder
 
 
 def recode(src: str, dst: str, bitstream: str = "v2", fmt: str | None = None, progress: bool = True) -> dict:
     if bitstream not in CODERS:
-        raise UsageError(f"--bitstream must be v1 or v2 (got {bitstream!r})")
+        raise UsageError(f"--bitstream must be one of {', '.join(CODERS)} (got {bitstream!r})")
     s = open_store(src)
-    codec = s.codec  # the store's own codec: it packs the bitstreams of WebDataset / native stores
-    coder = CODERS[bitstream]
     sch = s.schema
-    codec_entry = {k: v for k, v in sch.codec.items() if k not in ("rans_tables", "rans_tables_fit")}
+    coder = coder_for_bitstream(bitstream, sch.codec["L"], f"store {src}'s codec {sch.codec['id']}")
+    codec = s.codec  # the store's own codec: it packs the bitstreams of WebDataset / native stores
+    codec_entry = {k: v for k, v in sch.codec.items() if k not in TABLE_FIELDS}
     codec_entry["coder"] = coder
     new = replace(sch, kind=fmt or sch.kind, codec=codec_entry, complete=False, num_samples=0, num_rejected=0,
                   rejects=[], totals={}, checksums={}, schema_sha256="")
-    if coder == "latentstore.rans":
-        from ..codec.entropy.rans_v2 import context_counts, tables_from_counts
+    lane = lane_coder(coder)
+    if lane is not None:
         L = sch.codec["L"]
         pick = fit_sample(len(s))
-        ctx = sum(context_counts(s.symbols(i), L) for i in pick)
-        codec_entry["rans_tables"] = tables_from_counts(ctx).tolist()
-        codec_entry["rans_tables_fit"] = {**recorded(len(pick)), "of": "the source store's samples"}
+        ctx = np.zeros(lane.counts_shape(sch.codec["C"], L), np.int64)
+        for i in pick:
+            ctx += lane.context_counts(s.symbols(i), L)
+        codec_entry[lane.tables_field] = lane.tables_json(lane.tables_from_counts(ctx))
+        codec_entry[lane.fit_field] = {**recorded(len(pick)), "of": "the source store's samples"}
     writer = StoreWriter.open(dst, new, os.path.join(src, CODEC_FILE), resume=False)
     try:
         if sch.notes:

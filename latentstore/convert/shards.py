@@ -11,20 +11,22 @@ import numpy as np
 
 from ..errors import BadImageError
 from ..store.backends import schema_tables, store_coder
+from ..store.coders import lane_coder
 from ..store.writer import Sample
-from .encode import RANS, EncodedBatch, Encoder, sample_counts
+from .encode import EncodedBatch, Encoder, sample_counts
 
 
 def code_and_write(writer, k, samples, refs, rejects, counts, stats, enc: Encoder, coder, threads: int):
-    """The shard's entropy coding (v2 payloads for every layout; bitstreams for WebDataset and native Zarr),
+    """The shard's entropy coding (v2/v3 payloads for every layout; bitstreams for WebDataset and native Zarr),
     then its commit."""
     t0 = time.time()
     schema = writer.schema
     cid = store_coder(schema)
-    if cid == RANS:
+    lane = lane_coder(cid) is not None
+    if lane:
         enc.code(samples, refs, threads)
     if schema.kind == "wds" or schema.policy["mode"] == "native":
-        if cid == RANS:
+        if lane:
             for s in samples:
                 s.bitstream = enc.bitstream(s)
         else:
@@ -33,7 +35,7 @@ def code_and_write(writer, k, samples, refs, rejects, counts, stats, enc: Encode
             for s, f in zip(samples, futs):
                 s.bitstream = f.result()
     t1 = time.time()
-    writer.write_shard(k, samples, rejects, counts)  # fixed-size Zarr v2: shard files straight from the payloads
+    writer.write_shard(k, samples, rejects, counts)  # fixed-size Zarr v2/v3: shard files straight from the payloads
     stats["code"] += t1 - t0
     stats["write"] += time.time() - t1
 
@@ -50,7 +52,7 @@ def make_samples(batches: list[EncodedBatch], items, schema, rejects: list, coun
                 refs.append((b, i))
             except BadImageError as e:
                 rejects.append({"path": items[slot].ref, "reason": f"bad mask ({e})"})
-                counts -= sample_counts(b.read_back(i), counts)
+                counts -= sample_counts(b.read_back(i), counts, lane_coder(store_coder(schema)))
     return out, refs
 
 

@@ -1,17 +1,18 @@
-"""A store's own v2 coding tables: fitted on a seeded sample of its inputs, before the first shard.
+"""A store's own v2 or v3 coding tables: fitted on a seeded sample of its inputs, before the first shard.
 
 Tables frozen on photos cost bits on any other data (Fashion-MNIST at 64 px: 1.04 bpp for ls-c32);
 a first pass over up to FIT_SAMPLES inputs gives tables fitted to the store's own symbols. Conversion
 draws them as whole batches of its own (fit_batches: a seeded permutation of the batches), so the
 main run reuses the fit's symbols instead of encoding those inputs twice (on the CPU that second
 encoding was 13% of a 4,000-input conversion). The sample's size, seed and method are recorded in the
-schema; `latentstore recode` refits them from a store's symbols (fit_sample: single inputs).
+schema; `latentstore recode` refits them from a store's symbols (fit_sample: single inputs). v2 and v3 fit
+the same way on the same sample, each counting its own contexts (store/coders.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..codec.entropy.rans_v2 import context_counts, tables_from_counts
+from ..store.coders import RANS_ID, LaneCoder, lane_coder
 
 FIT_SAMPLES = 512  # inputs encoded for the fit
 FIT_SEED = 0  # the permutation that picks them
@@ -34,16 +35,19 @@ def fit_batches(n_inputs: int, batch: int, shard_size: int, n: int = FIT_SAMPLES
     return [batches[i] for i in sorted(pick.tolist())]
 
 
-def fit_store_tables(batches: list[list[int]], decode_batch, encode, C: int, L: int) -> np.ndarray:
-    """Tables from the symbols of `batches` (lists of slots): decode_batch(slots) -> (ok, rejects) as conversion's
-    reader gives them, encode(ok) -> ([(slot, symbols, meta)], counts). Rejected inputs are simply left out."""
-    counts = np.zeros((C, L + 1, L), np.int64)
+def fit_store_tables(batches: list[list[int]], decode_batch, encode, C: int, L: int,
+                     coder: LaneCoder | None = None) -> np.ndarray:
+    """`coder`'s tables (default v2's) from the symbols of `batches` (lists of slots): decode_batch(slots) ->
+    (ok, rejects) as conversion's reader gives them, encode(ok) -> ([(slot, symbols, meta)], counts). Rejected
+    inputs are simply left out."""
+    coder = coder or lane_coder(RANS_ID)
+    counts = np.zeros(coder.counts_shape(C, L), np.int64)
     for b in batches:
         ok, _ = decode_batch(b)
         encoded, _ = encode(ok)
         for _, sym, _ in encoded:
-            counts += context_counts(sym, L)
-    return tables_from_counts(counts)
+            counts += coder.context_counts(sym, L)
+    return coder.tables_from_counts(counts)
 
 
 def recorded(n_fit: int, method: str = "first samples of a seeded permutation of the inputs") -> dict:

@@ -25,7 +25,7 @@ from ..data.photos import available_photos, resize_shorter
 from .metrics import bpp, msssim_batch, psnr
 
 CACHE_FORMAT = "latentstore.measurements/1"
-METRICS_VERSION = 2  # bump when PSNR/MS-SSIM or the photo pipeline change: older figures are then re-measured
+METRICS_VERSION = 3  # bump when PSNR/MS-SSIM, the photo pipeline or the default coder change (3: bitstream v3)
 SHIPPED_FILE = os.path.join(WEIGHTS_DIR, "measurements.json")
 SHIPPED_COMMAND = "python -m latentstore.eval.validation"
 
@@ -40,21 +40,28 @@ def load_photos(paths, max_side: int = 512) -> list[tuple[str, np.ndarray]]:
 
 
 def measure_codecs(names: list, max_side: int = 512, device: str | None = None,
-                   photos: list[tuple[str, np.ndarray]] | None = None) -> list[dict]:
+                   photos: list[tuple[str, np.ndarray]] | None = None, coder: str | None = None,
+                   also: tuple[str, ...] = ()) -> list[dict]:
     """Measure codecs (zoo names, codec files, or LatentCodec objects, e.g. a training's copy) on the validation
-    photos, loaded once for all codecs."""
+    photos, loaded once for all codecs. coder: the entropy coder whose bytes are counted (None: compress's
+    default, model.default_coder); `also`: other coders whose bytes for the same symbols are reported too, as
+    "bpp_by_coder" {coder id: bpp}."""
     from ..device import resolve_device
     device = resolve_device(device or "auto")  # the GPU when there is one: codecs and MS-SSIM alike
     codecs = [load_codec(n, device) if isinstance(n, str) else n for n in names]
     names = [n if isinstance(n, str) else n.name for n in names]
     photos = load_photos([], max_side) if photos is None else photos
-    per = [{"rates": [], "psnr": [], "msssim": []} for _ in codecs]
+    per = [{"rates": [], "psnr": [], "msssim": [], **{a: [] for a in also}} for _ in codecs]
     for _, rgb in photos:
         recs = []
         for c, acc in zip(codecs, per):
-            data = compress(rgb, c)
+            data = compress(rgb, c, coder)
             rec = decompress(data, c)  # from the real bytes
             acc["rates"].append(bpp(len(data), rgb.shape))
+            if also:
+                sym = c.parse(data)[1]
+                for a in also:
+                    acc[a].append(bpp(len(c.pack(sym, rgb.shape[:2], a)), rgb.shape))
             acc["psnr"].append(psnr(rgb, rec))
             recs.append(rec)
         for acc, m in zip(per, msssim_batch(rgb, recs, device)):  # all codecs' reconstructions in one call
@@ -65,7 +72,8 @@ def measure_codecs(names: list, max_side: int = 512, device: str | None = None,
         return float(np.mean(v)) if v else float("nan")
     return [{"name": n, "C": c.cfg.C, "L": c.cfg.L,
              "target_bpp": c.cfg.target_bpp, "bpp": mean(acc["rates"]), "psnr": mean(acc["psnr"]),
-             "msssim": mean(acc["msssim"]), "n_photos": len(photos), "photos": [p for p, _ in photos],
+             "msssim": mean(acc["msssim"]), "bpp_by_coder": {a: mean(acc[a]) for a in also},
+             "n_photos": len(photos), "photos": [p for p, _ in photos],
              "max_side": max_side, "weights_hash": c.hash, "trained_on": c.meta.get("device_name", "?"),
              "train_seconds": c.meta.get("train_seconds"), "measured": today, "metrics_version": METRICS_VERSION}
             for n, c, acc in zip(names, codecs, per)]

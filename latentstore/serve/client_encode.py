@@ -98,9 +98,10 @@ def encode_photo(remote: RemoteCodec, data: bytes, where: str, tile: int | None 
     from ..data.imageio import decode_image_bytes
     from .engine import fit_to
     rgb = decode_image_bytes(data, where)
+    v2 = "latentstore.rans"  # the service's stores keep v2: sent as v2, the bytes are stored as they came, no recode
     with remote.lock:
-        small = compress(fit_to(rgb, remote.side), remote.codec, precision=remote.precision)
+        small = compress(fit_to(rgb, remote.side), remote.codec, v2, precision=remote.precision)
         if remote.layout == "fixed":
             return {"content": small, "content_type": MEDIA_TYPE}
-        full = compress(rgb, remote.codec, tile=tile, precision=remote.precision)
+        full = compress(rgb, remote.codec, v2, tile=tile, precision=remote.precision)
     return {"files": {"file": ("photo.lsb", full, MEDIA_TYPE), "companion": ("companion.lsb", small, MEDIA_TYPE)}}

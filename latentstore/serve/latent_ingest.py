@@ -2,11 +2,12 @@
 the client needs to make one (`GET /v1/codec`).
 
 An upload with `Content-Type: application/x-latentstore` (or a multipart `file` part of that type) is a complete
-v2 bitstream (codec/bitstream.py) made by the store's codec. `check_latent_upload` accepts it only when every
+v2 or v3 bitstream (codec/bitstream.py) made by the store's codec. A v3 one (`latentstore.rans3`, what
+`latentstore compress` writes) is decoded with the codec's v3 tables and re-coded into the store's v2. `check_latent_upload` accepts it only when every
 check passes, before anything of it is written; each failure is a `Rejected` (status, one-line reason, code):
 
     415 not_a_bitstream   no latentstore magic (not a bitstream at all)
-    422 bad_version       a version other than 2 (the store is bitstream v2, `latentstore.rans`)
+    422 bad_version       a version other than 2 or 3 (the store is bitstream v2, `latentstore.rans`)
     422 corrupt_bitstream a header that does not parse (truncated, over-long varint, a grid that does not match
                           the image size), or a payload whose CRC fails under both the store's and the codec's
                           tables (damage, or tables the server does not have)
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codec import bitstream as bs
-from ..codec.entropy import rans_v2
+from ..codec.entropy import rans_v2, rans_v3
 from ..data.imageio import MIN_SIDE
 from ..errors import BitstreamError
 from .uploads import LATENT_TYPE, Rejected
@@ -68,15 +69,23 @@ def check_latent_upload(data: bytes, codec, bounds: LatentBounds, store_tables=N
     store_tables = codec_tables if store_tables is None else np.asarray(store_tables, np.uint16)
     header, payload = _parse(bytes(data), codec)
     _check_bounds(header, bounds)
-    tables = _tables_of(header, payload, store_tables, codec_tables)
+    if header.version == 3:  # the client coded with the codec's v3 tables, all it has
+        try:
+            tables, coder = codec.entropy.tables(rans_v3.RANS_V3.id), rans_v3.RANS_V3
+        except BitstreamError:
+            raise Rejected(422, f"bitstream version 3 needs an alphabet of at most {rans_v3.MAX_L} symbols "
+                                f"(the codec has L = {codec.cfg.L}): send v2", "bad_version") from None
+        tables = _tables_of(header, payload, tables, None)
+    else:
+        tables, coder = _tables_of(header, payload, store_tables, codec_tables), rans_v2.RANS_V2
     try:
-        symbols = rans_v2.RANS_V2.decode(payload, tables, header.shape)
+        symbols = coder.decode(payload, tables, header.shape)
     except BitstreamError as e:
         raise Rejected(422, f"bitstream does not decode: {_strip(e)}", "lane_decode") from None
     if symbols.max(initial=0) >= codec.cfg.L:
         raise Rejected(422, f"bitstream decodes to symbols >= L = {codec.cfg.L}", "lane_decode")
     lanes = rans_v2.default_lanes(*header.shape)
-    recoded = tables is not store_tables or payload[0] != lanes
+    recoded = tables is not store_tables or payload[0] != lanes or header.version != 2
     if recoded:
         payload = rans_v2.encode(symbols, store_tables, lanes)
     return CheckedLatent(header, symbols, payload, recoded, len(data))
@@ -85,12 +94,12 @@ def check_latent_upload(data: bytes, codec, bounds: LatentBounds, store_tables=N
 def _parse(data: bytes, codec) -> tuple[bs.Header, bytes]:
     if not data:
         raise Rejected(415, "empty body: not a latentstore bitstream", "not_a_bitstream")
-    if data[:3] != bs.MAGIC_V2 and data[:4] != bs.MAGIC:
+    if data[:3] not in (bs.MAGIC_V2, bs.MAGIC_V3) and data[:4] != bs.MAGIC:
         if data[:2] == bs.MAGIC_V2[:2] and len(data) >= 3:
-            raise Rejected(422, f"bitstream version {data[2]} is not accepted (send v2, latentstore.rans)", "bad_version")
+            raise Rejected(422, f"bitstream version {data[2]} is not accepted (send v2 or v3)", "bad_version")
         raise Rejected(415, "not a latentstore bitstream (bad magic)", "not_a_bitstream")
     if data[:4] == bs.MAGIC:
-        raise Rejected(422, "bitstream version 1 is not accepted (send v2, latentstore.rans)", "bad_version")
+        raise Rejected(422, "bitstream version 1 is not accepted (send v2 or v3)", "bad_version")
     try:
         header, payload = bs.unpack(data)
     except BitstreamError as e:
@@ -115,7 +124,7 @@ def _check_bounds(h: bs.Header, b: LatentBounds) -> None:
 
 def _tables_of(header: bs.Header, payload: bytes, store_tables, codec_tables):
     """The tables whose crc32 seeds the payload's CRC: the store's, else the codec's own; else Rejected."""
-    for t in (store_tables, codec_tables):
+    for t in (x for x in (store_tables, codec_tables) if x is not None):
         try:
             bs.check_crc(header, payload, t)
             return t

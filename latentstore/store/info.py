@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from .backends import store_coder
 from .lock import LOCK_DIR
 from .reader import open_store
 from .schema import CODEC_FILE
@@ -47,6 +48,7 @@ def info(path: str) -> dict:
     out = {
         "path": path, "format": s.kind, "schema_version": s.schema_version, "complete": s.complete,
         "codec": {k: s.codec[k] for k in ("id", "weights_hash", "C", "L")},
+        "coder": store_coder(s),  # the latents' entropy coder: latentstore.ans (v1), .rans (v2), .rans3 (v3)
         "mode": s.policy["mode"], "size": s.policy.get("size"),
         "num_samples": s.num_samples, "num_rejected": s.num_rejected, "num_classes": len(s.label_names),
         "class_names": list(s.label_names),
@@ -93,7 +95,8 @@ def format_info(d: dict) -> str:
     b = d["bytes"]
     lines = [f"store          {d['path']}  ({d['format']}, schema v{d['schema_version']}"
              f"{'' if d['complete'] else ', INCOMPLETE'})",
-             f"codec          {d['codec']['id']}  C={d['codec']['C']} L={d['codec']['L']}  weights {d['codec']['weights_hash']}",
+             f"codec          {d['codec']['id']}  C={d['codec']['C']} L={d['codec']['L']}  weights {d['codec']['weights_hash']}"
+             + (f"  coder {d['coder']}" if d.get("coder") else ""),
              f"mode           {d['mode']}" + (f" {d['size']}x{d['size']}" if d['size'] else ""),
              f"samples        {d['num_samples']:,} stored, {d['num_rejected']:,} rejected, {d['num_classes']} classes"]
     if d.get("class_names"):

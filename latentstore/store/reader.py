@@ -59,7 +59,7 @@ class LatentStore:
 
     def read_batch(self, indices) -> np.ndarray:
         """(B, C, h, w) uint8 symbols of samples `indices` (fixed-size stores), decoded in one call where the
-        layout allows (Zarr + bitstream v2: one numba call over every payload)."""
+        layout allows (bitstream v2 or v3: one decoder call over every payload)."""
         slots = self.slots[np.asarray(indices, dtype=np.int64)]
         out = self.backend.symbols_batch(slots)
         return out if isinstance(out, np.ndarray) else np.stack(out)
@@ -73,10 +73,11 @@ class LatentStore:
         return self.schema.codec["C"], h, h
 
     def payloads(self, indices) -> list[bytes]:
-        """The v2 payloads of samples `indices` (compressed bytes, no container): what the GPU decoder takes."""
+        """The v2/v3 payloads of samples `indices` (compressed bytes, no container): what the GPU decoder takes."""
         from .backends import store_coder
-        if store_coder(self.schema) != "latentstore.rans" or self.mode != "fixed":
-            raise StoreError(f"{self.path}: GPU decoding needs a fixed-size bitstream v2 store "
+        from .coders import lane_coder
+        if lane_coder(store_coder(self.schema)) is None or self.mode != "fixed":
+            raise StoreError(f"{self.path}: GPU decoding needs a fixed-size bitstream v2 or v3 store "
                              "(`latentstore recode` turns a v1 store into one)")
         return [self.backend.payload(int(self.slots[int(i)])) for i in indices]
 

@@ -53,11 +53,12 @@ def validate_schema(s, where: str) -> None:
     for ch, row in enumerate(freqs):
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 or v >= 1 << 40 for v in row):
             raise StoreError(f"{where}: schema field codec.freqs row {ch} holds a count that is not a positive integer")
+    from .coders import STORE_CODERS, lane_coder
     coder = c.get("coder", "latentstore.ans")
-    if coder not in ("latentstore.ans", "latentstore.rans"):
+    if coder not in STORE_CODERS:
         raise StoreError(f"{where}: schema field codec.coder = {coder!r} is not a known entropy coder")
-    if coder == "latentstore.rans":
-        _check_rans_tables(c.get("rans_tables"), C, L, where)
+    if lane_coder(coder) is not None:
+        _check_rans_tables(lane_coder(coder), c.get(lane_coder(coder).tables_field), C, L, where)
     mode = s.policy.get("mode") if isinstance(s.policy, dict) else None
     if mode not in ("fixed", "native"):
         raise StoreError(f"{where}: schema field policy.mode = {mode!r} (expected fixed or native)")
@@ -78,14 +79,15 @@ def validate_schema(s, where: str) -> None:
         raise StoreError(f"{where}: schema of a complete store records no checksums")
 
 
-def _check_rans_tables(t, C: int, L: int, where: str) -> None:
+def _check_rans_tables(coder, t, C: int, L: int, where: str) -> None:
+    """A lane coder's tables (v2: codec.rans_tables, v3: codec.rans3_tables) must be ones it can code with."""
     import numpy as np
 
-    from ..codec.entropy.rans_v2 import check_tables
+    from .coders import tables_from_json
     try:
-        a = np.asarray(t)
+        a = tables_from_json(t)
         if a.dtype == object or a.ndim != 3 or not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"not a (C, L+1, L) integer table (shape {a.shape})")
-        check_tables(a, C, L)
+            raise ValueError(f"not a {coder.counts_shape(C, L)} integer table (shape {a.shape})")
+        coder.check_tables(a, C, L)
     except (ValueError, TypeError) as e:
-        raise StoreError(f"{where}: schema field codec.rans_tables: {e}") from None
+        raise StoreError(f"{where}: schema field codec.{coder.tables_field}: {e}") from None

@@ -169,18 +169,22 @@ class StoreWriter:
 
     def ideal_bits(self, samples: list[Sample], counts: np.ndarray | None = None) -> float:
         """What an ideal coder spends on the samples under the store's own model: v1 from (C, L) symbol counts,
-        v2 from (C, L+1, L) context counts against the store's fitted tables. `counts`: either, when the caller
-        has them (conversion: one bincount per batch, on the GPU there); else the samples are counted here, once."""
+        v2 / v3 from (C, contexts, L) context counts against the store's fitted tables. `counts`: either, when the
+        caller has them (conversion: one bincount per batch, on the GPU there); else the samples are counted here,
+        once."""
+        from ..codec.entropy.rans_v2 import PROB_SCALE
         from .backends import schema_tables, store_coder
+        from .coders import lane_coder
         coder = store_coder(self.schema)
-        if coder != "latentstore.rans":
+        lane = lane_coder(coder)
+        if lane is None:
             if counts is None:
                 counts = symbol_counts(samples, *self.freqs.shape)
             return cross_entropy_bits(np.sum(counts, 1) if np.ndim(counts) == 3 else counts, self.freqs)
-        from ..codec.entropy.rans_v2 import PROB_SCALE, context_counts
-        if np.ndim(counts) != 3:
-            counts = sum(context_counts(stack, self.freqs.shape[1]) for stack in same_shape_stacks(samples))
-        return float(-(counts * np.log2(schema_tables(self.schema, coder) / PROB_SCALE)).sum())
+        tables = schema_tables(self.schema, coder)
+        if np.shape(counts) != tables.shape:
+            counts = sum(lane.context_counts(stack, self.freqs.shape[1]) for stack in same_shape_stacks(samples))
+        return float(-(counts * np.log2(tables / PROB_SCALE)).sum())
 
     def record_notes(self, notes: list[dict]) -> None:
         """Findings that are not inputs (an empty class folder): kept in the schema once finalized."""

@@ -1,5 +1,6 @@
 """Entropy-coded latent symbols as zarr v3 array->bytes codecs, and their numcodecs twins:
-`latentstore.ans` (bitstream v1's coder) and `latentstore.rans` (v2's, see the second half).
+`latentstore.ans` (bitstream v1's coder), and `latentstore.rans` (v2's) and `latentstore.rans3` (v3's), see the
+second half: one chunk is its images' payloads back to back, each self-delimiting.
 
 `latentstore.ans`:
 
@@ -138,20 +139,23 @@ class LatentANSNumcodec(_ChunkNumcodec):
         return {"id": CODEC_ID, "freqs": self.freqs, "shape": self.shape, "channel_axis": self.channel_axis}
 
 
-# ------------------------------------------------------------------------------ bitstream v2
+# ------------------------------------------------------------------------------ bitstreams v2, v3
 RANS_ID = "latentstore.rans"
 RANS_VERSION = 2
+RANS3_ID = "latentstore.rans3"
+RANS3_VERSION = 3
 
 
-def _rans_chunk_layout(shape: tuple, channel_axis: int) -> tuple[int, tuple[int, int, int]]:
+def _rans_chunk_layout(coder_id: str, shape: tuple, channel_axis: int) -> tuple[int, tuple[int, int, int]]:
     """A chunk of n images: n, and one image's (C, h, w) (the axes after the channel axis are h, w)."""
     if channel_axis != len(shape) - 3:
-        raise ValueError(f"{RANS_ID}: chunks must end in (C, h, w); channel_axis {channel_axis} of shape {shape}")
+        raise ValueError(f"{coder_id}: chunks must end in (C, h, w); channel_axis {channel_axis} of shape {shape}")
     return int(np.prod(shape[:channel_axis], dtype=np.int64)), tuple(int(v) for v in shape[channel_axis:])
 
 
 def _payload_end(data: bytes, off: int) -> int:
-    """Where the self-delimiting v2 payload starting at `off` ends (its lane index gives every lane's length)."""
+    """Where the self-delimiting v2/v3 payload starting at `off` ends (its lane index gives every lane's length;
+    the two coders share the payload layout)."""
     from ..codec.bitstream import _read_varint
     K = data[off]
     pos, m, total = off + 1, 0, 0
@@ -162,15 +166,15 @@ def _payload_end(data: bytes, off: int) -> int:
     return pos + total
 
 
-def _encode_rans_chunk(a: np.ndarray, tables: np.ndarray, channel_axis: int) -> bytes:
-    from ..codec.entropy.rans_v2 import encode_batch
-    n, shape = _rans_chunk_layout(a.shape, channel_axis)
-    return b"".join(encode_batch(np.asarray(a, np.uint8).reshape((n,) + shape), tables))
+def _encode_rans_chunk(coder_id: str, a: np.ndarray, tables: np.ndarray, channel_axis: int) -> bytes:
+    from .coders import lane_coder
+    n, shape = _rans_chunk_layout(coder_id, a.shape, channel_axis)
+    return b"".join(lane_coder(coder_id).encode_batch(np.asarray(a, np.uint8).reshape((n,) + shape), tables))
 
 
-def _decode_rans_chunk(data: bytes, tables: np.ndarray, shape: tuple, channel_axis: int) -> np.ndarray:
-    from ..codec.entropy.rans_v2 import decode_batch
-    n, one = _rans_chunk_layout(shape, channel_axis)
+def _decode_rans_chunk(coder_id: str, data: bytes, tables: np.ndarray, shape: tuple, channel_axis: int) -> np.ndarray:
+    from .coders import lane_coder
+    n, one = _rans_chunk_layout(coder_id, shape, channel_axis)
     payloads, off = [], 0
     try:
         for _ in range(n):
@@ -178,10 +182,10 @@ def _decode_rans_chunk(data: bytes, tables: np.ndarray, shape: tuple, channel_ax
             payloads.append(data[off:end])
             off = end
     except (IndexError, BitstreamError):
-        raise ValueError(f"{RANS_ID}: chunk of {len(data)} bytes is truncated or corrupt (lane index)") from None
+        raise ValueError(f"{coder_id}: chunk of {len(data)} bytes is truncated or corrupt (lane index)") from None
     if off != len(data):
-        raise ValueError(f"{RANS_ID}: chunk is {len(data)} bytes, its lane indexes say {off} (truncated or corrupt)")
-    return decode_batch(payloads, tables, one).reshape(shape)
+        raise ValueError(f"{coder_id}: chunk is {len(data)} bytes, its lane indexes say {off} (truncated or corrupt)")
+    return lane_coder(coder_id).decode_batch(payloads, tables, one).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -191,11 +195,16 @@ class LatentRansCodec(_ChunkCodec):
 
     tables: tuple
     channel_axis: int = 1
+    coder_id = RANS_ID  # class constants (not fields): LatentRans3Codec differs in these alone
+    coder_version = RANS_VERSION
 
-    def __init__(self, *, tables, channel_axis: int = 1, version: int = RANS_VERSION) -> None:
-        if version != RANS_VERSION:
-            raise ValueError(f"{RANS_ID} version {version} is not supported (this package knows {RANS_VERSION})")
-        object.__setattr__(self, "tables", tuple(tuple(tuple(int(v) for v in row) for row in c) for c in tables))
+    def __init__(self, *, tables, channel_axis: int = 1, version: int | None = None) -> None:
+        if version is not None and version != self.coder_version:
+            raise ValueError(f"{self.coder_id} version {version} is not supported (this package knows "
+                             f"{self.coder_version})")
+        from .coders import tables_from_json
+        t = np.asarray(tables_from_json(tables), dtype=np.int64).tolist()  # a v3 configuration's compact form too
+        object.__setattr__(self, "tables", tuple(tuple(tuple(int(v) for v in row) for row in c) for c in t))
         object.__setattr__(self, "channel_axis", int(channel_axis))
 
     @cached_property
@@ -203,14 +212,25 @@ class LatentRansCodec(_ChunkCodec):
         return np.asarray(self.tables, dtype=np.uint16)
 
     def to_dict(self) -> dict:
-        return {"name": RANS_ID, "configuration": {"tables": [[list(r) for r in c] for c in self.tables],
-                                                   "channel_axis": self.channel_axis, "version": RANS_VERSION}}
+        from .coders import lane_coder
+        tables = lane_coder(self.coder_id).tables_json(self.table_array)  # v2: nested lists; v3: compact
+        return {"name": self.coder_id, "configuration": {"tables": tables,
+                                                         "channel_axis": self.channel_axis,
+                                                         "version": self.coder_version}}
 
     def _encode_array(self, a: np.ndarray) -> bytes:
-        return _encode_rans_chunk(a, self.table_array, self.channel_axis)
+        return _encode_rans_chunk(self.coder_id, a, self.table_array, self.channel_axis)
 
     def _decode_bytes(self, data: bytes, shape) -> np.ndarray:
-        return _decode_rans_chunk(data, self.table_array, tuple(shape), self.channel_axis)
+        return _decode_rans_chunk(self.coder_id, data, self.table_array, tuple(shape), self.channel_axis)
+
+
+class LatentRans3Codec(LatentRansCodec):
+    """zarr v3 array->bytes codec for bitstream v3 (`latentstore.rans3`) payloads; configuration:
+    {"tables": C x (L+1)**3 x L 12-bit counts, "channel_axis": int, "version": 3}. L <= 6."""
+
+    coder_id = RANS3_ID
+    coder_version = RANS3_VERSION
 
 
 class LatentRansNumcodec(_ChunkNumcodec):
@@ -219,16 +239,26 @@ class LatentRansNumcodec(_ChunkNumcodec):
     codec_id = RANS_ID
 
     def __init__(self, tables, shape, channel_axis: int = 1):
-        self.tables = np.asarray(tables, dtype=np.uint16).tolist()
+        from .coders import lane_coder, tables_from_json
+        self._tables = np.asarray(tables_from_json(tables), dtype=np.uint16)
+        self.tables = lane_coder(self.codec_id).tables_json(self._tables)  # v3: the compact form
         self.shape = list(map(int, shape))
         self.channel_axis = int(channel_axis)
-        self._tables = np.asarray(self.tables, dtype=np.uint16)
 
     def _encode_array(self, a: np.ndarray) -> bytes:
-        return _encode_rans_chunk(a, self._tables, self.channel_axis)
+        return _encode_rans_chunk(self.codec_id, a, self._tables, self.channel_axis)
 
     def _decode_bytes(self, data: bytes, shape) -> np.ndarray:
-        return _decode_rans_chunk(data, self._tables, shape, self.channel_axis)
+        return _decode_rans_chunk(self.codec_id, data, self._tables, shape, self.channel_axis)
 
     def get_config(self):
-        return {"id": RANS_ID, "tables": self.tables, "shape": self.shape, "channel_axis": self.channel_axis}
+        return {"id": self.codec_id, "tables": self.tables, "shape": self.shape, "channel_axis": self.channel_axis}
+
+
+class LatentRans3Numcodec(LatentRansNumcodec):
+    """The numcodecs twin of `latentstore.rans3`."""
+
+    codec_id = RANS3_ID
+
+
+LANE_CODECS = {RANS_ID: LatentRansCodec, RANS3_ID: LatentRans3Codec}  # a store's coder -> its zarr codec

@@ -12,6 +12,7 @@ import numpy as np
 from ...codec import bitstream as bs
 from ...codec.entropy import coder_for_version
 from ...errors import BitstreamError, StoreError
+from ..coders import lane_coder
 from ..schema import StoreSchema
 
 
@@ -33,23 +34,26 @@ def store_coder(schema: StoreSchema) -> str:
 _ARRAYS: dict = {}  # id(list) -> (the list, its array): readers ask for a store's tables once per sample
 
 
-def _as_array(values: list, dtype) -> np.ndarray:
-    """np.asarray of a schema's nested list, cached while that list lives (1,344 numbers took 130 us a call)."""
+def _as_array(values, dtype) -> np.ndarray:
+    """np.asarray of a schema's nested list (or a compact table, coders.tables_from_json), cached while that
+    value lives (1,344 numbers took 130 us a call)."""
     hit = _ARRAYS.get(id(values))
     if hit is None or hit[0] is not values:
         if len(_ARRAYS) > 64:
             _ARRAYS.clear()
-        hit = _ARRAYS[id(values)] = (values, np.asarray(values, dtype=dtype))
+        from ..coders import tables_from_json
+        hit = _ARRAYS[id(values)] = (values, np.asarray(tables_from_json(values), dtype=dtype))
         hit[1].setflags(write=False)
     return hit[1]
 
 
 def schema_tables(schema: StoreSchema, coder_id: str):
-    """The coding tables a store's schema holds for `coder_id` (v2: fitted to the store's own symbols)."""
+    """The coding tables a store's schema holds for `coder_id` (v2, v3: fitted to the store's own symbols)."""
     if coder_id == "latentstore.ans":
         return np.asarray(schema.codec["freqs"], dtype=np.int64)
-    if coder_id == "latentstore.rans" and "rans_tables" in schema.codec:
-        return _as_array(schema.codec["rans_tables"], np.uint16)
+    lc = lane_coder(coder_id)
+    if lc is not None and lc.tables_field in schema.codec:
+        return _as_array(schema.codec[lc.tables_field], np.uint16)
     raise StoreError(f"store has no tables for entropy coder {coder_id!r}")
 
 
@@ -153,15 +157,15 @@ class Backend:
         return decode_bitstream(self.schema, self.bitstream(slot), self.sample_where, slot)
 
     def payload(self, slot: int) -> bytes:
-        """The sample's entropy-coded payload without its container (v2: what the GPU decoder reads), its CRC
+        """The sample's entropy-coded payload without its container (v2, v3: what the GPU decoder reads), its CRC
         checked here, on the CPU: the GPU decoder checks the lanes."""
         return checked_payload(self.schema, self.bitstream(slot), self.sample_where, slot)[3]
 
     def symbols_batch(self, slots) -> np.ndarray | list[np.ndarray]:
-        """Symbols of several slots: v2 bitstreams of one shape in one batched decode call (each checked first),
+        """Symbols of several slots: v2/v3 bitstreams of one shape in one batched decode call (each checked first),
         others one by one. Layouts with a faster path (fixed-size Zarr's shard reader) override this."""
         slots = [int(s) for s in slots]
-        if not slots or store_coder(self.schema) != "latentstore.rans":
+        if not slots or lane_coder(store_coder(self.schema)) is None:
             return [self.symbols(s) for s in slots]
         parts = [checked_payload(self.schema, self.bitstream(s), self.sample_where, s) for s in slots]
         header, coder, tables, _ = parts[0]

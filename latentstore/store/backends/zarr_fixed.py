@@ -1,8 +1,9 @@
 """Zarr v3, fixed size: every image resized and centre-cropped to S, symbols in one sharded array.
 
     latents (N, C, S/8, S/8) uint8   sharded (shard_size, C, h, w), one image per inner chunk,
-                                     inner codecs [latentstore.rans (v2) or latentstore.ans (v1), crc32c];
-                                     v2 shard files are written directly from pre-encoded payloads
+                                     inner codecs [latentstore.rans3 (v3), latentstore.rans (v2) or
+                                     latentstore.ans (v1), crc32c]; v2/v3 shard files are written
+                                     directly from pre-encoded payloads
     masks   (N, S, S) uint8          when the store has masks (255 = no label); zstd + crc32c per mask
 plus the per-slot arrays of zarr_common. With latentstore installed, plain `zarr.open` decodes it.
 """
@@ -16,13 +17,14 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from ...atomic import write_bytes_atomic
 from ...errors import StoreError, first_line
-from ..zarr_codec import LatentANSCodec, LatentRansCodec
+from ..coders import lane_coder
+from ..zarr_codec import LANE_CODECS, LatentANSCodec
 from .base import CorruptSampleError, schema_tables, store_coder
 from .zarr_common import ZarrBackend
 
 LATENTS, MASKS, CENTRES = "latents", "masks", "centres"
 # per image, besides the entropy-coded payload: the inner crc32c, and v1's u32 word count
-INNER_CHUNK_OVERHEAD = {"latentstore.ans": 8, "latentstore.rans": 4}
+INNER_CHUNK_OVERHEAD = {"latentstore.ans": 8, "latentstore.rans": 4, "latentstore.rans3": 4}
 
 
 class ZarrFixedBackend(ZarrBackend):
@@ -34,7 +36,7 @@ class ZarrFixedBackend(ZarrBackend):
         C, side = self.schema.codec["C"], self.schema.policy["size"]
         h = side // 8
         coder = store_coder(self.schema)
-        serializer = LatentRansCodec(tables=schema_tables(self.schema, coder)) if coder == "latentstore.rans" \
+        serializer = LANE_CODECS[coder](tables=schema_tables(self.schema, coder)) if coder in LANE_CODECS \
             else LatentANSCodec(freqs=self.schema.codec["freqs"])
         g.create_array(LATENTS, shape=(N, C, h, h), dtype="uint8", shards=(S, C, h, h), chunks=(1, C, h, h),
                        serializer=serializer, compressors=[Crc32cCodec()], fill_value=0)
@@ -61,7 +63,7 @@ class ZarrFixedBackend(ZarrBackend):
         return int(index[used, 1].sum()) - per * int(used.sum()), index.nbytes + 4
 
     def write_payload(self, g, lo, n, rows, samples) -> None:
-        if store_coder(self.schema) == "latentstore.rans" and self.shard_reader is not None:
+        if lane_coder(store_coder(self.schema)) is not None and self.shard_reader is not None:
             # the path as the reader finds it (no zarr metadata read: ~1 ms a lookup, per shard)
             self._write_shard_file(self.shard_reader.shard_path(lo // self.rows_per_shard), rows, samples)
         else:  # v1 (legacy): zarr runs latentstore.ans per chunk
@@ -78,11 +80,10 @@ class ZarrFixedBackend(ZarrBackend):
             g[MASKS][lo: lo + n] = m
 
     def _write_shard_file(self, path: str, rows: list[int], samples: list) -> None:
-        """v2: the shard file written directly from the samples' payloads (zarr_shards.shard_file_bytes), the
+        """v2, v3: the shard file written directly from the samples' payloads (zarr_shards.shard_file_bytes), the
         bytes zarr itself would write; samples without a payload (callers other than conversion) are coded
         here in one batch. An image whose symbols are all 0, the fill value, is an empty chunk, as zarr's
         write_empty_chunks=False makes it (a sample from the GPU path carries its symbols only then)."""
-        from ...codec.entropy.rans_v2 import encode_batch
         from .zarr_shards import shard_file_bytes
         chunks: list = [None] * self.rows_per_shard
         todo = []
@@ -94,7 +95,9 @@ class ZarrFixedBackend(ZarrBackend):
             else:
                 chunks[r] = s.payload
         if todo:
-            coded = encode_batch(np.stack([sym for _, sym in todo]), schema_tables(self.schema, "latentstore.rans"))
+            coder = store_coder(self.schema)
+            tables = schema_tables(self.schema, coder)
+            coded = lane_coder(coder).encode_batch(np.stack([sym for _, sym in todo]), tables)
             for (r, _), p in zip(todo, coded):
                 chunks[r] = p
         data = shard_file_bytes(chunks)

@@ -4,8 +4,8 @@ zarr-python spends over a millisecond per inner chunk in its async codec pipelin
 loader wants tens of microseconds. The sharding format is a spec (zarr-specs, sharding codec v1.0):
 a shard file is its inner chunks followed by an index of (offset, nbytes) uint64 pairs, one per
 inner chunk, encoded by the index codecs (here: little-endian bytes + crc32c). We read the index
-once per shard, then one positioned read per image, and decode a whole batch in one call (v2:
-numba rANS over every payload at once). Used only when the array's metadata is exactly the layout
+once per shard, then one positioned read per image, and decode a whole batch in one call (v2, v3:
+one rANS decoder call over every payload at once). Used only when the array's metadata is exactly the layout
 latentstore writes; anything else goes through zarr itself.
 Integrity: every read checks what it reads, as zarr would: the index's crc32c once per shard (when the index
 is read), each image's inner crc32c when its chunk is read (0.3 us for 4 KB), and every rANS lane's final
@@ -26,9 +26,10 @@ import numpy as np
 
 from ...data.imageio import file_kind
 from ...errors import StoreError, first_line
+from ..coders import lane_coder
 from ..remote.location import location_for
 from ..schema import read_metadata
-from ..zarr_codec import CODEC_ID, RANS_ID, _decode_chunk
+from ..zarr_codec import CODEC_ID, LANE_CODECS, _decode_chunk
 from .base import CorruptSampleError
 from .checked_cache import ShardChecksumError
 
@@ -100,7 +101,8 @@ class ShardReader:
             inner = [c["name"] for c in cfg["codecs"]]
             index = [c["name"] for c in cfg["index_codecs"]]
             enc = meta["chunk_key_encoding"]
-            ok = (shard["name"] == "sharding_indexed" and inner[1:] == ["crc32c"] and inner[0] in (CODEC_ID, RANS_ID)
+            ok = (shard["name"] == "sharding_indexed" and inner[1:] == ["crc32c"]
+                  and (inner[0] == CODEC_ID or inner[0] in LANE_CODECS)
                   and index == ["bytes", "crc32c"] and cfg.get("index_location", "end") == "end"
                   and enc["name"] == "default" and cfg["chunk_shape"][0] == 1
                   and cfg["index_codecs"][0].get("configuration", {}).get("endian", "little") == "little")
@@ -222,10 +224,10 @@ class ShardReader:
         have = [i for i, d in enumerate(data) if d is not None]
         if not have:
             return out
-        if self.coder == RANS_ID:
-            from ...codec.entropy.rans_v2 import decode_batch
+        lane = lane_coder(self.coder)
+        if lane is not None:
             try:
-                out[have] = decode_batch([data[i] for i in have], self.tables, shape)
+                out[have] = lane.decode_batch([data[i] for i in have], self.tables, shape)
                 return out
             except ValueError:  # a lane that does not end exactly: decode one by one to name the sample
                 pass
@@ -235,9 +237,9 @@ class ShardReader:
 
     def _decode_one(self, payload: bytes, slot: int) -> np.ndarray:
         try:
-            if self.coder == RANS_ID:
-                from ...codec.entropy.rans_v2 import decode
-                return decode(payload, self.tables, self.chunk_shape[1:])
+            lane = lane_coder(self.coder)
+            if lane is not None:
+                return lane.decode(payload, self.tables, self.chunk_shape[1:])
             return _decode_chunk(payload, self.tables, self.chunk_shape, 1)[0]
         except Exception as e:  # both decoders raise ValueError; v1's may raise others on damage
             raise CorruptSampleError(f"{self.where(slot)}: {first_line(e)}",
