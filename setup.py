@@ -1,6 +1,8 @@
 """Build hook for the C extensions: the SIMD rANS decoders of v2 (latentstore/codec/entropy/_rans_simd.c)
 and v3 (_rans3_simd.c). Everything else about the package is in pyproject.toml.
 
+Both include _rans_common.h (what the two decoders share), a `depends` of each.
+
 The extensions are optional: with no C compiler (or a failing one) the install still succeeds and
 latentstore.codec.entropy.rans_simd / rans3_simd fall back to the numba decoders. No -march flag: the
 AVX-512 and AVX2 code paths carry their own target attributes and are picked at run time (cpuid), so
@@ -29,10 +31,12 @@ class OptionalBuildExt(build_ext):
               "the numba decoder will be used")
 
 
+COMMON = ["latentstore/codec/entropy/_rans_common.h"]  # included by both: a change rebuilds both, and ships
+
 setup(
     ext_modules=[Extension("latentstore.codec.entropy._rans_simd", ["latentstore/codec/entropy/_rans_simd.c"],
-                           extra_compile_args=["-O3"], optional=True),
+                           depends=COMMON, extra_compile_args=["-O3"], optional=True),
                  Extension("latentstore.codec.entropy._rans3_simd", ["latentstore/codec/entropy/_rans3_simd.c"],
-                           extra_compile_args=["-O3"], optional=True)],
+                           depends=COMMON, extra_compile_args=["-O3"], optional=True)],
     cmdclass={"build_ext": OptionalBuildExt},
 )

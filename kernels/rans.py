@@ -2,7 +2,8 @@
 
 The format is defined by latentstore.codec.entropy.rans_v2 (its docstring and reference coder);
 this kernel must match it bit for bit (tests/test_rans.py checks against the numba decoder and
-the reference, under TRITON_INTERPRET=1 on the CPU).
+the reference, under TRITON_INTERPRET=1 on the CPU; tests/test_kernels_rans3.py compiles both
+kernels to sm_90 machine code without a GPU).
 
 NOTES: per decoded symbol, one lane (= one thread) does
   bytes : load a 2-byte decoding-table entry (sym << 12 | slot - cum[sym]; the table is
@@ -20,7 +21,19 @@ image's K do nothing. Errors use rans_v2.ERRORS codes, per slot: err[n, k] = (co
 Encoding mirrors it (each lane in reverse, words to a scratch buffer of one word per symbol); the
 host then assembles payloads (index + lanes), a byte shuffle shared with the numba encoder.
 
-File order, as in the other kernels: kernels -> launchers.
+Shared with v3 (kernels/rans3.py: v2's payload layout, index, error codes and launch layout, with
+lanes of C*h rows where v2 has C*w columns), so each piece lives here once:
+  jit helpers  _lane_slots (slot g -> image, lane), _parse_index, _decode_lane_start (the decode
+               preamble: K, errors 1/2/8, the index, error 5, the lane's state and word bounds;
+               parametrised by the format's lane limit), _decode_refill (the decode step's word
+               read), _decode_lane_end (errors 6/7 and the err store), _encode_symbol (an encode step);
+  launchers    _block, _launch_decode and _launch_encode (buffers, grid, KSLOT, the per-image
+               error pick; parametrised by the kernel, its prepared tables and launch options);
+  wrappers     _payloads (host assembly) and _decode_payloads (packing, launch, raise_errors).
+Each format's decode_packed / encode_lanes / encode_batch / decode_batch keep what differs: table
+preparation, lane limit, checks and messages.
+
+File order, as in the other kernels: kernels -> launchers -> wrappers.
 """
 from __future__ import annotations
 
@@ -68,19 +81,29 @@ def _parse_index(data_ptr, start, stop, K, k, ok, KMAX):
 
 
 @triton.jit
-def _rans_decode_kernel(data_ptr, off_ptr, dtab_ptr, ftab_ptr, out_ptr, err_ptr, N, C, h, w, KSLOT,
-                        L: tl.constexpr, BLOCK: tl.constexpr):
+def _lane_slots(N, KSLOT, BLOCK: tl.constexpr):
+    """This program's BLOCK lane slots g = image * KSLOT + k: (g, n, k, valid = n < N), g int64."""
     g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     n = g // KSLOT
     k = g - n * KSLOT
-    valid = n < N
+    return g, n, k, n < N
+
+
+@triton.jit
+def _decode_lane_start(data_ptr, off_ptr, N, KSLOT, KLIM, BLOCK: tl.constexpr):
+    """The decode kernels' per-lane preamble (v2 and v3 share the payload layout): the slot's image n and
+    lane k, the payload's K (error 1: empty; 2: K < 1, K > KLIM (the format's lane limit: v2's C*w columns,
+    v3's C*h rows) or K > 255; 8: K > KSLOT, more lanes than the launch has slots), its index (_parse_index:
+    errors 3, 4) and length (5: index + lanes != the payload), then lane k's 4-byte state and the bounds
+    [p, e) of its words. Returns (g, n, k, valid, K, code, where, live, x, p, e); live = the slot holds a
+    lane of a payload that passed every check, and only live lanes read their state."""
+    g, n, k, valid = _lane_slots(N, KSLOT, BLOCK)
     start = tl.load(off_ptr + n, mask=valid, other=0)
     stop = tl.load(off_ptr + n + 1, mask=valid, other=0)
-    ncol = C * w
     nonempty = valid & (stop > start)
     K = tl.load(data_ptr + start, mask=nonempty, other=0).to(tl.int64)
     code = tl.where(valid & ~nonempty, 1, 0)
-    code = tl.where(nonempty & ((K < 1) | (K > ncol) | (K > 255)), 2, code)
+    code = tl.where(nonempty & ((K < 1) | (K > KLIM) | (K > 255)), 2, code)
     code = tl.where((code == 0) & valid & (K > KSLOT), 8, code)  # more lanes than this launch has slots
     ok = valid & (code == 0)
 
@@ -100,6 +123,51 @@ def _rans_decode_kernel(data_ptr, off_ptr, dtab_ptr, ftab_ptr, out_ptr, err_ptr,
         x = x | (tl.load(data_ptr + lp + b, mask=live, other=0).to(tl.int64) << (8 * b))
     p = lp + 4
     e = p + 2 * mine
+    return g, n, k, valid, K, code, where, live, x, p, e
+
+
+@triton.jit
+def _decode_refill(data_ptr, xn, x, p, e, act):
+    """The decode step's renormalisation: an active lane whose new state xn fell below 2**16 reads its next
+    2-byte word (only while p < e, its end); returns the lane's (state, word position)."""
+    need = act & (xn < 65536) & (p < e)
+    lo = tl.load(data_ptr + p, mask=need, other=0).to(tl.int64)
+    hi = tl.load(data_ptr + p + 1, mask=need, other=0).to(tl.int64)
+    xn = tl.where(need, (xn << 16) | lo | (hi << 8), xn)
+    p = tl.where(need, p + 2, p)
+    return tl.where(act, xn, x), p
+
+
+@triton.jit
+def _decode_lane_end(err_ptr, g, k, valid, live, x, p, e, code, where):
+    """The decode kernels' per-lane checks at the end (6: words left unread; 7: final state not 0) and
+    the slot's error pair err[g] = (code, lane)."""
+    code = tl.where(live & (p != e), 6, code)
+    code = tl.where(live & (code == 0) & (x != 0), 7, code)
+    where = tl.where(live & (code >= 6), k, where)
+    tl.store(err_ptr + 2 * g, code, mask=valid)
+    tl.store(err_ptr + 2 * g + 1, where, mask=valid)
+
+
+@triton.jit
+def _encode_symbol(x, cnt, s, act, cum_ptr, row, words_ptr, g, CAP):
+    """One rANS encode step of symbol s with the cumulative table row cum[row : row + L + 1]: an active lane
+    emits its low 16 bits to words[g, cnt] when the state would overflow, then takes the symbol in.
+    Returns the lane's (state, word count)."""
+    lo = tl.load(cum_ptr + row + s, mask=act, other=0)
+    f = tl.where(act, tl.load(cum_ptr + row + s + 1, mask=act, other=1) - lo, 1)
+    emit = act & (x >= (f << 20))
+    tl.store(words_ptr + g * CAP + cnt, (x & 0xFFFF).to(tl.int32), mask=emit)
+    cnt = tl.where(emit, cnt + 1, cnt)
+    x = tl.where(emit, x >> 16, x)
+    return tl.where(act, (x // f) * 4096 + x % f + lo, x), cnt
+
+
+@triton.jit
+def _rans_decode_kernel(data_ptr, off_ptr, dtab_ptr, ftab_ptr, out_ptr, err_ptr, N, C, h, w, KSLOT,
+                        L: tl.constexpr, BLOCK: tl.constexpr):
+    ncol = C * w
+    g, n, k, valid, K, code, where, live, x, p, e = _decode_lane_start(data_ptr, off_ptr, N, KSLOT, ncol, BLOCK)
 
     Ks = tl.where(live, K, 1)
     ncols = tl.where(live, (ncol - k + Ks - 1) // Ks, 0)  # columns k, k+K, ... < C*w
@@ -116,21 +184,11 @@ def _rans_decode_kernel(data_ptr, off_ptr, dtab_ptr, ftab_ptr, out_ptr, err_ptr,
             v = tl.load(dtab_ptr + r + (x & 4095), mask=act, other=0).to(tl.int64) & 0xFFFF
             s = v >> 12
             f = tl.load(ftab_ptr + (r >> 8) + s, mask=act, other=0)
-            xn = f * (x >> 12) + (v & 4095)
-            need = act & (xn < 65536) & (p < e)
-            lo = tl.load(data_ptr + p, mask=need, other=0).to(tl.int64)
-            hi = tl.load(data_ptr + p + 1, mask=need, other=0).to(tl.int64)
-            xn = tl.where(need, (xn << 16) | lo | (hi << 8), xn)
-            p = tl.where(need, p + 2, p)
-            x = tl.where(act, xn, x)
+            x, p = _decode_refill(data_ptr, f * (x >> 12) + (v & 4095), x, p, e, act)
             tl.store(out_ptr + o + y * w, s.to(tl.uint8), mask=act)
             r = tb + s * 4096
 
-    code = tl.where(live & (p != e), 6, code)
-    code = tl.where(live & (code == 0) & (x != 0), 7, code)
-    where = tl.where(live & (code >= 6), k, where)
-    tl.store(err_ptr + 2 * g, code, mask=valid)
-    tl.store(err_ptr + 2 * g + 1, where, mask=valid)
+    _decode_lane_end(err_ptr, g, k, valid, live, x, p, e, code, where)
 
 
 @triton.jit
@@ -138,10 +196,7 @@ def _rans_encode_kernel(sym_ptr, cum_ptr, words_ptr, counts_ptr, states_ptr, N, 
                         L: tl.constexpr, BLOCK: tl.constexpr):
     """Lane g = image * K + k encodes its symbols in reverse decoding order; words go to
     words[g, :count] in emission order (the payload stores them reversed), the final state to states[g]."""
-    g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    n = g // K
-    k = g - n * K
-    valid = n < N
+    g, n, k, valid = _lane_slots(N, K, BLOCK)
     ncol = C * w
     hw = h * w
     ncols = tl.where(valid, (ncol - k + K - 1) // K, 0)
@@ -158,13 +213,7 @@ def _rans_encode_kernel(sym_ptr, cum_ptr, words_ptr, counts_ptr, states_ptr, N, 
             has_above = act & (y > 0)
             above = tl.load(sym_ptr + base + (y - 1) * w, mask=has_above, other=0).to(tl.int64)
             row = (c * (L + 1) + tl.where(has_above, above, L)) * (L + 1)
-            lo = tl.load(cum_ptr + row + s, mask=act, other=0)
-            f = tl.where(act, tl.load(cum_ptr + row + s + 1, mask=act, other=1) - lo, 1)
-            emit = act & (x >= (f << 20))
-            tl.store(words_ptr + g * CAP + cnt, (x & 0xFFFF).to(tl.int32), mask=emit)
-            cnt = tl.where(emit, cnt + 1, cnt)
-            x = tl.where(emit, x >> 16, x)
-            x = tl.where(act, (x // f) * 4096 + x % f + lo, x)
+            x, cnt = _encode_symbol(x, cnt, s, act, cum_ptr, row, words_ptr, g, CAP)
     tl.store(counts_ptr + g, cnt, mask=valid)
     tl.store(states_ptr + g, x, mask=valid)
 
@@ -192,6 +241,56 @@ def decode_tables(tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dtab.to(torch.int32).to(torch.int16).reshape(-1).contiguous(), ftab.reshape(-1).contiguous()
 
 
+def _launch_decode(kernel, tabs: tuple, L: int, lane_limit: int, data: torch.Tensor, offsets: torch.Tensor,
+                  shape: tuple[int, int, int], max_lanes: int | None, lanes_per_program: int,
+                  options=lambda block: {}) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decode launch v2 and v3 share (decode_packed's arguments and result): kernel(data, offsets, *tabs,
+    out, err, N, C, h, w, KSLOT, L=L, BLOCK=block, **options(block)) on a grid of cdiv(N * KSLOT, block)
+    programs, then each image's lowest failing slot's (code, lane), as the CPU decoders report it.
+    lane_limit is the format's largest K (v2: C*w columns, v3: C*h rows): a payload with more lanes is error 2
+    whatever the launch, so KSLOT = min(255, lane_limit, max_lanes) slots per image are enough."""
+    C, h, w = shape
+    N = offsets.numel() - 1
+    out = torch.empty((N, C, h, w), dtype=torch.uint8, device=data.device)
+    if N == 0:
+        return out, torch.zeros((0, 2), dtype=torch.int64, device=data.device)
+    if max_lanes is None:
+        nonempty = offsets[1:] > offsets[:-1]
+        firsts = data[offsets[:-1].clamp(max=max(data.numel() - 1, 0))] if data.numel() else offsets[:1] * 0
+        max_lanes = int(torch.where(nonempty, firsts.to(torch.int64), 1).max()) if data.numel() else 1
+    kslot = max(1, min(255, lane_limit, int(max_lanes)))
+    err = torch.zeros((N, kslot, 2), dtype=torch.int64, device=data.device)
+    block = _block(lanes_per_program, N * kslot)
+    data_arg = data if data.numel() else torch.zeros(1, dtype=torch.uint8, device=data.device)
+    grid = (triton.cdiv(N * kslot, block),)
+    kernel[grid](data_arg, offsets, *tabs, out, err, N, C, h, w, kslot, L=L, BLOCK=block, **options(block))
+    first = torch.argmax((err[:, :, 0] != 0).to(torch.int64), dim=1)  # the lowest failing slot, as on the CPU
+    return out, err[torch.arange(N, device=err.device), first]
+
+
+def _launch_encode(kernel, symbols: torch.Tensor, tables: torch.Tensor, lanes: int, cap: int, lanes_per_program: int,
+                  options=lambda block: {}) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The encode launch v2 and v3 share (encode_lanes' arguments and result): kernel(symbols, cum, words,
+    counts, states, N, C, h, w, K, CAP, L=L, BLOCK=block, **options(block)) with cum the (C, rows, L+1)
+    cumulative frequencies of tables (C, rows, L) and CAP = max(cap, 1) words a lane (cap: the format's
+    most symbols in one lane, at most one word each)."""
+    N, C, h, w = symbols.shape
+    K = int(lanes)
+    t = tables.to(symbols.device, torch.int64)
+    cum = torch.cat([torch.zeros(t.shape[:-1] + (1,), dtype=torch.int64, device=t.device), torch.cumsum(t, -1)], -1)
+    cap = max(cap, 1)
+    words = torch.zeros((N, K, cap), dtype=torch.int32, device=symbols.device)
+    counts = torch.zeros((N, K), dtype=torch.int64, device=symbols.device)
+    states = torch.zeros((N, K), dtype=torch.int64, device=symbols.device)
+    if N:
+        block = _block(lanes_per_program, N * K)
+        grid = (triton.cdiv(N * K, block),)
+        kernel[grid](symbols.contiguous(), cum.reshape(-1).contiguous(), words, counts, states,
+                     N, C, h, w, K, cap, L=int(t.shape[-1]), BLOCK=block, **options(block))
+    M = int(counts.max()) if N else 0
+    return words[:, :, :max(M, 1)], counts, states
+
+
 def decode_packed(data: torch.Tensor, offsets: torch.Tensor, tables, shape: tuple[int, int, int],
                   max_lanes: int | None = None, lanes_per_program: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """data: uint8 (all payloads back to back), offsets: int64 (N+1,), tables: the (C, L+1, L) frequency
@@ -203,50 +302,55 @@ def decode_packed(data: torch.Tensor, offsets: torch.Tensor, tables, shape: tupl
     C, h, w = (int(v) for v in shape)
     dtab, ftab = decode_tables(tables) if isinstance(tables, torch.Tensor) else tables
     L = ftab.numel() // 16 // C - 1
-    N = offsets.numel() - 1
-    out = torch.empty((N, C, h, w), dtype=torch.uint8, device=data.device)
-    if N == 0:
-        return out, torch.zeros((0, 2), dtype=torch.int64, device=data.device)
-    if max_lanes is None:
-        nonempty = offsets[1:] > offsets[:-1]
-        firsts = data[offsets[:-1].clamp(max=max(data.numel() - 1, 0))] if data.numel() else offsets[:1] * 0
-        max_lanes = int(torch.where(nonempty, firsts.to(torch.int64), 1).max()) if data.numel() else 1
-    kslot = max(1, min(255, int(max_lanes)))
-    err = torch.zeros((N, kslot, 2), dtype=torch.int64, device=data.device)
-    block = _block(lanes_per_program, N * kslot)
-    data_arg = data if data.numel() else torch.zeros(1, dtype=torch.uint8, device=data.device)
-    grid = (triton.cdiv(N * kslot, block),)
-    _rans_decode_kernel[grid](data_arg, offsets, dtab, ftab, out, err, N, C, h, w, kslot, L=L, BLOCK=block)
-    first = torch.argmax((err[:, :, 0] != 0).to(torch.int64), dim=1)  # the lowest failing slot, as on the CPU
-    return out, err[torch.arange(N, device=err.device), first]
+    return _launch_decode(_rans_decode_kernel, (dtab, ftab), L, C * w, data, offsets, (C, h, w), max_lanes,
+                         lanes_per_program)
 
 
 def encode_lanes(symbols: torch.Tensor, tables: torch.Tensor, lanes: int,
                  lanes_per_program: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """symbols (N, C, h, w) uint8 -> per-lane (words (N, K, M) int32 in emission order, counts (N, K),
     final states (N, K)), M = the longest lane. Assembling payloads from them is a byte shuffle (rans_v2)."""
-    N, C, h, w = symbols.shape
-    K = int(lanes)
-    t = tables.to(symbols.device, torch.int64)
-    cum = torch.cat([torch.zeros(t.shape[:-1] + (1,), dtype=torch.int64, device=t.device), torch.cumsum(t, -1)], -1)
-    cap = -(-C * w // K) * h  # at most one word per symbol
-    words = torch.zeros((N, K, max(cap, 1)), dtype=torch.int32, device=symbols.device)
-    counts = torch.zeros((N, K), dtype=torch.int64, device=symbols.device)
-    states = torch.zeros((N, K), dtype=torch.int64, device=symbols.device)
-    if N:
-        block = _block(lanes_per_program, N * K)
-        grid = (triton.cdiv(N * K, block),)
-        _rans_encode_kernel[grid](symbols.contiguous(), cum.reshape(-1).contiguous(), words, counts, states,
-                                  N, C, h, w, K, cap, L=t.shape[-1], BLOCK=block)
-    M = int(counts.max()) if N else 0
-    return words[:, :, :max(M, 1)], counts, states
+    _, C, h, w = symbols.shape
+    cap = -(-C * w // int(lanes)) * h  # a lane's most columns of h symbols, at most one word each
+    return _launch_encode(_rans_encode_kernel, symbols, tables, lanes, cap, lanes_per_program)
+
+
+# ------------------------------------------------------------------------------------ wrappers
+def _payloads(words: torch.Tensor, counts: torch.Tensor, states: torch.Tensor) -> list[bytes]:
+    """encode_lanes' (words, counts, states) -> one payload per image (index + lanes: the layout v2 and v3
+    share), assembled on the host by the numba encoder's byte shuffle (rans_kernels_cpu.assemble_range)."""
+    import numpy as np
+
+    from latentstore.codec.entropy import rans_kernels_cpu
+
+    words, counts, states = (a.cpu().numpy().astype(np.int64) for a in (words, counts, states))
+    N, K, M = words.shape
+    out = np.empty((N, 1 + 9 * K + 2 * K * M), np.uint8)
+    lengths = np.zeros(N, np.int64)
+    rans_kernels_cpu.assemble_range(words, counts, states, out, lengths)
+    return [out[i, :n].tobytes() for i, n in enumerate(lengths)]
+
+
+def _decode_payloads(decode, payloads: list[bytes], tables, shape: tuple[int, int, int], device: str | torch.device,
+                    max_lanes: int | None) -> torch.Tensor:
+    """payloads -> decode(data, offsets, tables, shape, max_lanes) with the payloads packed back to back
+    (rans_v2.pack_payloads) and tables (a numpy array: decode's table form) on `device`; a damaged payload
+    raises ValueError (rans_v2.raise_errors: the first one's code and lane)."""
+    from latentstore.codec.entropy import rans_v2
+
+    raw, offsets = rans_v2.pack_payloads(payloads)
+    data = torch.from_numpy(raw.copy()).to(device)
+    out, err = decode(data, torch.from_numpy(offsets).to(device), torch.from_numpy(tables).to(device), shape,
+                      max_lanes)
+    rans_v2.raise_errors(err.cpu().numpy())
+    return out
 
 
 def encode_batch(symbols: torch.Tensor, tables, lanes: int | None = None) -> list[bytes]:
     """Convenience: (N, C, h, w) uint8 symbols on any device -> N payloads, identical to rans_v2.encode_batch."""
     import numpy as np
 
-    from latentstore.codec.entropy import rans_kernels_cpu, rans_v2
+    from latentstore.codec.entropy import rans_v2
 
     N, C, h, w = symbols.shape
     t = np.asarray(tables)
@@ -254,12 +358,7 @@ def encode_batch(symbols: torch.Tensor, tables, lanes: int | None = None) -> lis
     if N and int(symbols.max()) >= t.shape[-1]:
         raise ValueError(f"rANS symbols must be < L = {t.shape[-1]}, got {int(symbols.max())}")
     K = rans_v2.lanes_for(lanes, C, h, w)
-    words, counts, states = (a.cpu().numpy().astype(np.int64) for a in
-                             encode_lanes(symbols, torch.from_numpy(t.astype(np.int64)), K))
-    out = np.empty((N, 1 + 9 * K + 2 * words.shape[1] * words.shape[2]), np.uint8)
-    lengths = np.zeros(N, np.int64)
-    rans_kernels_cpu.assemble_range(words, counts, states, out, lengths)
-    return [out[i, :n].tobytes() for i, n in enumerate(lengths)]
+    return _payloads(*encode_lanes(symbols, torch.from_numpy(t.astype(np.int64)), K))
 
 
 def decode_batch(payloads: list[bytes], tables, shape: tuple[int, int, int], device: str | torch.device = "cuda",
@@ -271,9 +370,4 @@ def decode_batch(payloads: list[bytes], tables, shape: tuple[int, int, int], dev
 
     t = np.asarray(tables)
     rans_v2.check_tables(t, int(shape[0]), t.shape[-1])
-    raw, offsets = rans_v2.pack_payloads(payloads)
-    data = torch.from_numpy(raw.copy()).to(device)
-    tables_t = torch.from_numpy(t.astype(np.int64)).to(device)
-    out, err = decode_packed(data, torch.from_numpy(offsets).to(device), tables_t, shape, max_lanes)
-    rans_v2.raise_errors(err.cpu().numpy())
-    return out
+    return _decode_payloads(decode_packed, payloads, t.astype(np.int64), shape, device, max_lanes)

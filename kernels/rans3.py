@@ -3,7 +3,11 @@
 The format is defined by latentstore.codec.entropy.rans_v3 (its docstring) and rans3_reference.py (the
 pure-Python coder); these kernels must match it bit for bit (tests/test_kernels_rans3.py checks them against
 the reference under TRITON_INTERPRET=1 on the CPU). The v2 kernels (kernels/rans.py) are the model: the
-same payload layout, the same index parser (_parse_index is shared), the same error codes and launch layout.
+same payload layout, index, error codes and launch layout, whose code lives there once (see its docstring):
+the decode kernel's per-lane preamble and end checks (_decode_lane_start with v3's lane limit, C*h rows;
+_decode_lane_end), the rANS steps (_decode_refill, _encode_symbol), the launches (_launch_decode,
+_launch_encode) and the wrappers' packing and assembly (_decode_payloads, _payloads). What is v3's own is
+here: the kernels' row loops and contexts, the packed table rows, the launch options and v3's checks.
 
 Decoding, per lane (= one program element): the lane owns rows [k*R//K, (k+1)*R//K) of the R = C*h
 channel-major rows; it decodes them in order, each left to right. The context of symbol (c, y, x):
@@ -57,7 +61,7 @@ a real GPU (the barrier / program-order argument above included), and their spee
 num_warps and the barrier per row are untuned guesses). tests/test_kernels_rans3.py runs on CUDA unchanged
 when there is one (DEVICE = "cuda"): run it there first, then time it against the CPU decoders.
 
-File order, as in the other kernels: kernels -> launchers.
+File order, as in the other kernels: kernels -> launchers -> wrappers.
 """
 from __future__ import annotations
 
@@ -65,7 +69,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .rans import _block, _parse_index
+from .rans import (_decode_lane_end, _decode_lane_start, _decode_payloads, _decode_refill, _encode_symbol,
+                   _lane_slots, _launch_decode, _launch_encode, _payloads)
 
 MAX_L = 6  # rans_v3.MAX_L: cum[1..L-1] at 12 bits each fit one 64-bit word
 
@@ -73,43 +78,15 @@ MAX_L = 6  # rans_v3.MAX_L: cum[1..L-1] at 12 bits each fit one 64-bit word
 @triton.jit
 def _rans3_decode_kernel(data_ptr, off_ptr, rows_ptr, out_ptr, err_ptr, N, C, h, w, KSLOT,
                          L: tl.constexpr, BLOCK: tl.constexpr):
-    g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    n = g // KSLOT
-    k = g - n * KSLOT
-    valid = n < N
-    start = tl.load(off_ptr + n, mask=valid, other=0)
-    stop = tl.load(off_ptr + n + 1, mask=valid, other=0)
     R = C * h  # rows of a sample: (c, y), channel-major
-    nonempty = valid & (stop > start)
-    K = tl.load(data_ptr + start, mask=nonempty, other=0).to(tl.int64)
-    code = tl.where(valid & ~nonempty, 1, 0)
-    code = tl.where(nonempty & ((K < 1) | (K > R) | (K > 255)), 2, code)
-    code = tl.where((code == 0) & valid & (K > KSLOT), 8, code)  # more lanes than this launch has slots
-    ok = valid & (code == 0)
-
-    KMAX = tl.max(tl.where(ok, K, 0), axis=0)
-    pos, before, mine, total, code2, where = _parse_index(data_ptr, start, stop, K, k, ok, KMAX)
-    code = tl.where(ok, code2, code)
-    where = tl.where(ok, where, 0)
-    ok = ok & (code == 0)
-    code = tl.where(ok & (pos + total != stop), 5, code)
-    ok = ok & (code == 0)
-    live = ok & (k < K)
-
-    # lane k: 4-byte state, then its words
-    lp = pos + before
-    x = tl.zeros_like(start)
-    for b in tl.static_range(4):
-        x = x | (tl.load(data_ptr + lp + b, mask=live, other=0).to(tl.int64) << (8 * b))
-    p = lp + 4
-    e = p + 2 * mine
+    g, n, k, valid, K, code, where, live, x, p, e = _decode_lane_start(data_ptr, off_ptr, N, KSLOT, R, BLOCK)
 
     Ks = tl.where(live, K, 1)
     r0 = k * R // Ks
     nrows = tl.where(live, (k + 1) * R // Ks - r0, 0)
     NCTX: tl.constexpr = (L + 1) * (L + 1) * (L + 1)
     img = n * R * w
-    none = tl.zeros_like(start) + L  # the context digit 'none'
+    none = tl.zeros_like(g) + L  # the context digit 'none'
     for i in range(0, tl.max(nrows, axis=0)):
         act = live & (i < nrows)
         r = r0 + i
@@ -120,36 +97,26 @@ def _rans3_decode_kernel(data_ptr, off_ptr, rows_ptr, out_ptr, err_ptr, N, C, h,
         above = tl.where(up, tl.load(out_ptr + o - w, mask=up, other=0).to(tl.int64), none)
         left = none
         for xx in range(0, w):
-            has_ar = up & (tl.zeros_like(start) + xx + 1 < w)  # tensor compare: int1 in the interpreter too
+            has_ar = up & (tl.zeros_like(g) + xx + 1 < w)  # tensor compare: int1 in the interpreter too
             ar = tl.where(has_ar, tl.load(out_ptr + o - w + xx + 1, mask=has_ar, other=0).to(tl.int64), none)
             word = tl.load(rows_ptr + tb + (above * (L + 1) + left) * (L + 1) + ar, mask=act, other=0)
             slot = x & 4095
-            s = tl.zeros_like(start)
-            lo = tl.zeros_like(start)  # cum[s]
-            hi = tl.zeros_like(start) + 4096  # cum[s+1]
+            s = tl.zeros_like(g)
+            lo = tl.zeros_like(g)  # cum[s]
+            hi = tl.zeros_like(g) + 4096  # cum[s+1]
             for j in tl.static_range(1, L):
                 cj = (word >> (12 * (j - 1))) & 4095
                 le = cj <= slot
                 s = s + le.to(tl.int64)
                 lo = tl.where(le, cj, lo)
                 hi = tl.where(le, hi, tl.minimum(hi, cj))
-            xn = (hi - lo) * (x >> 12) + slot - lo
-            need = act & (xn < 65536) & (p < e)
-            blo = tl.load(data_ptr + p, mask=need, other=0).to(tl.int64)
-            bhi = tl.load(data_ptr + p + 1, mask=need, other=0).to(tl.int64)
-            xn = tl.where(need, (xn << 16) | blo | (bhi << 8), xn)
-            p = tl.where(need, p + 2, p)
-            x = tl.where(act, xn, x)
+            x, p = _decode_refill(data_ptr, (hi - lo) * (x >> 12) + slot - lo, x, p, e, act)
             tl.store(out_ptr + o + xx, s.to(tl.uint8), mask=act)
             left = s
             above = ar
         tl.debug_barrier()  # this row's stores before the next row's loads (see the module doc)
 
-    code = tl.where(live & (p != e), 6, code)
-    code = tl.where(live & (code == 0) & (x != 0), 7, code)
-    where = tl.where(live & (code >= 6), k, where)
-    tl.store(err_ptr + 2 * g, code, mask=valid)
-    tl.store(err_ptr + 2 * g + 1, where, mask=valid)
+    _decode_lane_end(err_ptr, g, k, valid, live, x, p, e, code, where)
 
 
 @triton.jit
@@ -158,10 +125,7 @@ def _rans3_encode_kernel(sym_ptr, cum_ptr, words_ptr, counts_ptr, states_ptr, N,
     """Lane g = image * K + k encodes its symbols in reverse decoding order (rows last first, each right
     to left); words go to words[g, :count] in emission order (the payload stores them reversed), the final
     state to states[g]. Symbols >= L are clamped to L-1 (memory safety only: encode_batch rejects them)."""
-    g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    n = g // K
-    k = g - n * K
-    valid = n < N
+    g, n, k, valid = _lane_slots(N, K, BLOCK)
     R = C * h
     r0 = k * R // K
     nrows = tl.where(valid, (k + 1) * R // K - r0, 0)
@@ -188,13 +152,7 @@ def _rans3_encode_kernel(sym_ptr, cum_ptr, words_ptr, counts_ptr, states_ptr, N,
             ar = tl.where(has_ar, tl.minimum(tl.load(sym_ptr + o - w + xc + 1, mask=has_ar, other=0)
                                              .to(tl.int64), L - 1), L)
             row = (c * NCTX + (above * (L + 1) + left) * (L + 1) + ar) * (L + 1)
-            lo = tl.load(cum_ptr + row + s, mask=act, other=0)
-            f = tl.where(act, tl.load(cum_ptr + row + s + 1, mask=act, other=1) - lo, 1)
-            emit = act & (x >= (f << 20))
-            tl.store(words_ptr + g * CAP + cnt, (x & 0xFFFF).to(tl.int32), mask=emit)
-            cnt = tl.where(emit, cnt + 1, cnt)
-            x = tl.where(emit, x >> 16, x)
-            x = tl.where(act, (x // f) * 4096 + x % f + lo, x)
+            x, cnt = _encode_symbol(x, cnt, s, act, cum_ptr, row, words_ptr, g, CAP)
     tl.store(counts_ptr + g, cnt, mask=valid)
     tl.store(states_ptr + g, x, mask=valid)
 
@@ -243,53 +201,27 @@ def decode_packed(data: torch.Tensor, offsets: torch.Tensor, tables: torch.Tenso
     (one small device-to-host copy). A payload with more lanes gets error code 8."""
     C, h, w = (int(v) for v in shape)
     rows, L = _rows_and_L(tables, C)
-    N = offsets.numel() - 1
-    out = torch.empty((N, C, h, w), dtype=torch.uint8, device=data.device)
-    if N == 0:
-        return out, torch.zeros((0, 2), dtype=torch.int64, device=data.device)
-    if max_lanes is None:
-        nonempty = offsets[1:] > offsets[:-1]
-        firsts = data[offsets[:-1].clamp(max=max(data.numel() - 1, 0))] if data.numel() else offsets[:1] * 0
-        max_lanes = int(torch.where(nonempty, firsts.to(torch.int64), 1).max()) if data.numel() else 1
-    kslot = max(1, min(255, C * h, int(max_lanes)))  # K > C*h is error 2 whatever the launch
-    err = torch.zeros((N, kslot, 2), dtype=torch.int64, device=data.device)
-    block = _block(lanes_per_program, N * kslot)
-    data_arg = data if data.numel() else torch.zeros(1, dtype=torch.uint8, device=data.device)
-    grid = (triton.cdiv(N * kslot, block),)
-    _rans3_decode_kernel[grid](data_arg, offsets, rows, out, err, N, C, h, w, kslot, L=L, BLOCK=block,
-                               num_warps=_warps(block), num_stages=1)
-    first = torch.argmax((err[:, :, 0] != 0).to(torch.int64), dim=1)  # the lowest failing lane, as on the CPU
-    return out, err[torch.arange(N, device=err.device), first]
+    return _launch_decode(_rans3_decode_kernel, (rows,), L, C * h, data, offsets, (C, h, w), max_lanes,
+                          lanes_per_program, lambda block: dict(num_warps=_warps(block), num_stages=1))
 
 
 def encode_lanes(symbols: torch.Tensor, tables: torch.Tensor, lanes: int,
                  lanes_per_program: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """symbols (N, C, h, w) uint8 (< L) -> per-lane (words (N, K, M) int32 in emission order, counts (N, K),
     final states (N, K)), M = the longest lane. Assembling payloads from them is v2's byte shuffle."""
-    N, C, h, w = symbols.shape
-    K = int(lanes)
-    t = tables.to(symbols.device, torch.int64)
-    L = int(t.shape[-1])
-    cum = torch.cat([torch.zeros(t.shape[:-1] + (1,), dtype=torch.int64, device=t.device), torch.cumsum(t, -1)], -1)
-    cap = -(-C * h // K) * w  # at most one word per symbol
-    words = torch.zeros((N, K, max(cap, 1)), dtype=torch.int32, device=symbols.device)
-    counts = torch.zeros((N, K), dtype=torch.int64, device=symbols.device)
-    states = torch.zeros((N, K), dtype=torch.int64, device=symbols.device)
-    if N:
-        block = _block(lanes_per_program, N * K)
-        grid = (triton.cdiv(N * K, block),)
-        _rans3_encode_kernel[grid](symbols.contiguous(), cum.reshape(-1).contiguous(), words, counts, states,
-                                   N, C, h, w, K, max(cap, 1), L=L, BLOCK=block, num_warps=_warps(block))
-    M = int(counts.max()) if N else 0
-    return words[:, :, :max(M, 1)], counts, states
+    _, C, h, w = symbols.shape
+    cap = -(-C * h // int(lanes)) * w  # a lane's most rows of w symbols, at most one word each
+    return _launch_encode(_rans3_encode_kernel, symbols, tables, lanes, cap, lanes_per_program,
+                          lambda block: dict(num_warps=_warps(block)))
 
 
+# ------------------------------------------------------------------------------------ wrappers
 def encode_batch(symbols: torch.Tensor, tables, lanes: int | None = None) -> list[bytes]:
     """Convenience: (N, C, h, w) uint8 symbols on any device -> N payloads, identical to rans_v3.encode_batch
     (and rans3_reference.encode_reference), with its checks and messages."""
     import numpy as np
 
-    from latentstore.codec.entropy import rans_kernels_cpu, rans_v2, rans_v3
+    from latentstore.codec.entropy import rans_v2, rans_v3
 
     if symbols.ndim != 4:
         raise ValueError(f"encode_batch wants (N, C, h, w) symbols, got shape {tuple(symbols.shape)}")
@@ -303,12 +235,7 @@ def encode_batch(symbols: torch.Tensor, tables, lanes: int | None = None) -> lis
     if smax >= L:
         raise ValueError(f"rans3 symbols must be < L = {L}, got {smax}")
     K = rans_v3.lanes_for(lanes, C, h, w)
-    words, counts, states = (a.cpu().numpy().astype(np.int64) for a in
-                             encode_lanes(symbols.to(torch.uint8), torch.from_numpy(t.astype(np.int64)), K))
-    out = np.empty((N, 1 + 9 * K + 2 * words.shape[1] * words.shape[2]), np.uint8)
-    lengths = np.zeros(N, np.int64)
-    rans_kernels_cpu.assemble_range(words, counts, states, out, lengths)
-    return [out[i, :n].tobytes() for i, n in enumerate(lengths)]
+    return _payloads(*encode_lanes(symbols.to(torch.uint8), torch.from_numpy(t.astype(np.int64)), K))
 
 
 def decode_batch(payloads: list[bytes], tables, shape: tuple[int, int, int], device: str | torch.device = "cuda",
@@ -321,10 +248,5 @@ def decode_batch(payloads: list[bytes], tables, shape: tuple[int, int, int], dev
     from latentstore.codec.entropy import rans_v2, rans_v3
 
     C, h, w = rans_v2._check_shape(shape)
-    _, packed, L = rans_v3.prepared(np.asarray(tables), C)
-    raw, offsets = rans_v2.pack_payloads(payloads)
-    data = torch.from_numpy(raw.copy()).to(device)
-    rows = torch.from_numpy(packed.view(np.int64).copy()).to(device)
-    out, err = decode_packed(data, torch.from_numpy(offsets).to(device), rows, (C, h, w), max_lanes)
-    rans_v2.raise_errors(err.cpu().numpy())
-    return out
+    _, packed, _ = rans_v3.prepared(np.asarray(tables), C)
+    return _decode_payloads(decode_packed, payloads, packed.view(np.int64).copy(), (C, h, w), device, max_lanes)

@@ -17,8 +17,9 @@ if importlib.util.find_spec("triton") is None:  # find_spec: importing triton he
 
 from latentstore.codec.entropy import rans3_reference as ref  # noqa: E402
 from latentstore.codec.entropy import rans_v2, rans_v3  # noqa: E402
-from latentstore.codec.entropy.rans_reference import _zigzag  # noqa: E402
-from latentstore.codec.bitstream import _varint  # noqa: E402
+# v3 payloads have v2's index (K, then the lanes' word counts as varints): v2's test helpers read and rewrite it
+# (reindexed writes any counts: the lane boundaries move and the total may change).
+from tests.test_rans import _index as index, _reindexed as reindexed  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Triton on the CPU is its interpreter. Set here when absent, unless triton was already imported in compiled
@@ -129,27 +130,6 @@ def test_bad_shapes_and_tables_raise_rans_v3s_messages():
 
 
 # ------------------------------------------------------------------------------------- damage
-def index(p):
-    """(K, word counts, header length) of a well-formed payload."""
-    K, pos, counts = p[0], 1, []
-    for _ in range(K):
-        v, shift = 0, 0
-        while True:
-            v |= (p[pos] & 0x7F) << shift
-            pos, shift = pos + 1, shift + 7
-            if p[pos - 1] < 0x80:
-                break
-        counts.append(v if not counts else counts[-1] + ((v >> 1) ^ -(v & 1)))
-    return K, counts, pos
-
-
-def reindexed(p, counts):
-    """The payload's lanes behind another index (the lane boundaries move; the total may change)."""
-    K, _, pos = index(p)
-    return bytes([K]) + _varint(counts[0]) + b"".join(_varint(_zigzag(b - a)) for a, b in zip(counts, counts[1:])) \
-        + p[pos:]
-
-
 def damaged(p, shape, rng):
     K, counts, pos = index(p)
     C, h, _ = shape
@@ -200,6 +180,7 @@ def test_damaged_payloads_give_the_references_errors():
 
 # ------------------------------------------------------------------------------ compiled mode
 COMPILE = r"""
+import sys
 import triton
 from triton.backends import backends
 from triton.backends.compiler import GPUTarget
@@ -207,14 +188,20 @@ from triton.compiler import ASTSource
 if "nvidia" not in backends:
     print("NO_BACKEND")
     raise SystemExit(0)
-from latentstore_kernels import rans3 as kr
+from latentstore_kernels import rans as k2, rans3 as k3
 ints = dict(N="i32", C="i32", h="i32", w="i32")
-for fn, sig, opts in [
-        (kr._rans3_decode_kernel, dict(data_ptr="*u8", off_ptr="*i64", rows_ptr="*i64", out_ptr="*u8",
-                                       err_ptr="*i64", **ints, KSLOT="i32"), dict(num_warps=1, num_stages=1)),
-        (kr._rans3_encode_kernel, dict(sym_ptr="*u8", cum_ptr="*i64", words_ptr="*i32", counts_ptr="*i64",
-                                       states_ptr="*i64", **ints, K="i32", CAP="i32"), dict(num_warps=1))]:
-    for L in (2, 6):
+encode = dict(sym_ptr="*u8", cum_ptr="*i64", words_ptr="*i32", counts_ptr="*i64", states_ptr="*i64", **ints,
+              K="i32", CAP="i32")
+KERNELS = {  # (kernel, signature, options as the launcher passes them, L values)
+    "rans": [(k2._rans_decode_kernel, dict(data_ptr="*u8", off_ptr="*i64", dtab_ptr="*i16", ftab_ptr="*i64",
+                                           out_ptr="*u8", err_ptr="*i64", **ints, KSLOT="i32"), {}, (2, 6, 16)),
+             (k2._rans_encode_kernel, dict(encode), {}, (2, 6, 16))],
+    "rans3": [(k3._rans3_decode_kernel, dict(data_ptr="*u8", off_ptr="*i64", rows_ptr="*i64", out_ptr="*u8",
+                                             err_ptr="*i64", **ints, KSLOT="i32"), dict(num_warps=1, num_stages=1),
+               (2, 6)),
+              (k3._rans3_encode_kernel, dict(encode), dict(num_warps=1), (2, 6))]}
+for fn, sig, opts, Ls in KERNELS[sys.argv[1]]:
+    for L in Ls:
         sig.update(L="constexpr", BLOCK="constexpr")
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=dict(L=L, BLOCK=32)),
                            target=GPUTarget("cuda", 90, 32), options=opts)
@@ -223,14 +210,17 @@ print("COMPILED")
 """
 
 
-@pytest.mark.skipif(DEVICE == "cuda", reason="on a GPU the tests above compile and run the kernels")
-def test_kernels_compile_for_an_h100(tmp_path):
+@pytest.mark.skipif(DEVICE == "cuda", reason="on a GPU the tests (here and in test_rans.py) compile and run them")
+@pytest.mark.parametrize("module", ["rans", "rans3"])
+def test_kernels_compile_for_an_h100(module, tmp_path):
     """The interpreter accepts things the compiler does not (types of loop-carried values, int widths): compile
-    both kernels to sm_90 machine code, which needs no GPU (Triton's bundled ptxas), in a fresh process."""
+    the module's decode and encode kernels (v2's too: they share the jit helpers of kernels/rans.py) to sm_90
+    machine code, which needs no GPU (Triton's bundled ptxas), in a fresh process."""
     import subprocess
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
-    r = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", COMPILE, module], env=env, capture_output=True, text=True,
+                       timeout=300)
     if "NO_BACKEND" in r.stdout:
         pytest.skip("Triton has no CUDA backend here")
     assert r.returncode == 0 and "COMPILED" in r.stdout, r.stderr[-3000:]

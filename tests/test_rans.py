@@ -254,7 +254,8 @@ def _index(p):
 
 
 def _reindexed(p, counts):
-    """The payload's lanes behind another index: the lane boundaries move, the total stays."""
+    """The payload's lane bytes behind another index of word counts: lane boundaries move (and, when the counts
+    sum differently, the total length no longer matches)."""
     K, _, pos = _index(p)
     deltas = (rref._varint(rref._zigzag(b - a)) for a, b in zip(counts, counts[1:]))
     index = bytes([K]) + rref._varint(counts[0]) + b"".join(deltas)

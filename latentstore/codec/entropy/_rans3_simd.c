@@ -1,7 +1,9 @@
 /* SIMD decoder of `latentstore.rans3` (bitstream v3; the format: rans_v3.py's docstring, defined by
  * rans3_reference.py). Bit-identical to decode_reference and to the numba decoder
  * (rans3_kernels_cpu.decode_range), including the (error code, lane) it reports for a damaged payload.
- * Python wrapper: rans3_simd.py. Same build and dispatch scheme as _rans_simd.c (the v2 decoder).
+ * Python wrapper: rans3_simd.py. Same build and dispatch scheme as _rans_simd.c (the v2 decoder); shared
+ * with it, in _rans_common.h: the lane index parser (v3's lane index is v2's), the end-of-lane check, the
+ * ISA codes and their cpuid check, and the Python glue around decode_range.
  *
  * Why it looks the way it does:
  * - A format lane ("chain": rows [r0, r0 + nr) of one sample, each row left to right) owns one 64-bit
@@ -56,16 +58,12 @@
  * - The GIL is released while decoding: loader threads decode in parallel. Nothing is raised inside
  *   the decoder: errors go to err[i] = (code, lane), with the reference's precedence (the index checks,
  *   then the lanes in order, unread words before a wrong final state). */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#if defined(__x86_64__) || defined(__i386__)
-#define HAVE_X86 1
-#include <immintrin.h>
-#endif
+#define MODULE_NAME "_rans3_simd"
+#define AVX512_SUPPORTED() /* T512's features (the AVX-512 kernel's target) */ \
+    (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd")     \
+     && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") \
+     && __builtin_cpu_supports("avx512vl"))
+#include "_rans_common.h"
 
 #define M12 4095u
 #define MAX_L 6
@@ -81,8 +79,6 @@
 #if 8 * NV512 > MAXNL || 4 * NV256 > MAXNL || NV512 > 4 || NV256 > 8
 #error "blocks larger than MAXNL"
 #endif
-
-enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
 typedef struct {
     uint64_t x;     /* state: the initial one, then the final one */
@@ -513,43 +509,20 @@ static void decode_chains(const dec_t *d, chain_t *ch, int64_t nch, int isa) {
     for (int64_t j = 0; j < nch; j++) chain_scalar(d, ch + j);
 }
 
-/* Lane index of the payload data[start:stop] (rans3_reference.decode_reference's checks, in its
- * order). Appends K chains to ch (offsets in data) and returns K, or 0 with *code, *lane set. */
+/* Lane index of the payload data[start:stop] (read_lane_index, _rans_common.h): appends K chains to ch
+ * (offsets in data, rows [k * R / K, (k + 1) * R / K) of the R = C * h) and returns K, or 0 with *code,
+ * *lane set. */
 static int64_t read_index(const uint8_t *data, int64_t start, int64_t stop, int64_t C, int64_t h, int64_t ob,
                           chain_t *ch, int64_t *code, int64_t *lane) {
-    *code = 0;
-    *lane = 0;
-    if (stop <= start) { *code = 1; return 0; }
-    const int64_t R = C * h;
-    int64_t K = data[start];
-    if (K < 1 || K > (R < 255 ? R : 255)) { *code = 2; return 0; }
-    int64_t pos = start + 1, m = 0, total = 0;
+    int64_t ptr[MAX_LANES], end[MAX_LANES], state[MAX_LANES];
+    const int64_t R = C * h, K = read_lane_index(data, start, stop, R, ptr, end, state, code, lane);
     for (int64_t k = 0; k < K; k++) {
-        int64_t v = 0;
-        int ok = 0;
-        for (int b = 0; b < 5; b++) {
-            if (pos >= stop) break;
-            int64_t byte = data[pos++];
-            v |= (byte & 0x7F) << (7 * b);
-            if (byte < 0x80) { ok = 1; break; }
-        }
-        if (!ok) { *code = 3; *lane = k; return 0; }
-        m = k == 0 ? v : m + ((v >> 1) ^ -(v & 1));
-        if (m < 0) { *code = 4; *lane = k; return 0; }
-        ch[k].e = m; /* the word count, for now */
-        total += 4 + 2 * m;
-    }
-    if (pos + total != stop) { *code = 5; return 0; }
-    for (int64_t k = 0; k < K; k++) {
-        int64_t nw = ch[k].e;
-        ch[k].x = (uint64_t)data[pos] | ((uint64_t)data[pos + 1] << 8) | ((uint64_t)data[pos + 2] << 16)
-                  | ((uint64_t)data[pos + 3] << 24);
-        ch[k].p = pos + 4;
-        ch[k].e = pos + 4 + 2 * nw;
+        ch[k].x = (uint64_t)state[k];
+        ch[k].p = ptr[k];
+        ch[k].e = end[k];
         ch[k].r0 = k * R / K;
         ch[k].nr = (k + 1) * R / K - ch[k].r0;
         ch[k].ob = ob;
-        pos = ch[k].e;
     }
     return K;
 }
@@ -559,7 +532,7 @@ static int64_t read_index(const uint8_t *data, int64_t start, int64_t stop, int6
  * then each sample's lanes checked in order. */
 static int decode_range(dec_t *d, const int64_t *offsets, int64_t *err, int64_t i0, int64_t i1, int isa) {
     const int64_t n = d->C * d->h * d->w, o0 = offsets[i0];
-    chain_t *ch = (chain_t *)malloc((CHUNK_CHAINS + 255) * sizeof(chain_t));
+    chain_t *ch = (chain_t *)malloc((CHUNK_CHAINS + MAX_LANES) * sizeof(chain_t));
     int64_t *first = (int64_t *)malloc((CHUNK_CHAINS + 1) * sizeof(int64_t)); /* per sample of the chunk */
     int64_t *ks = (int64_t *)malloc((CHUNK_CHAINS + 1) * sizeof(int64_t));
     const int simd = isa != ISA_SCALAR && d->L >= 2; /* the SIMD kernels' scratch: ~32 * w * 9 bytes */
@@ -573,8 +546,7 @@ static int decode_range(dec_t *d, const int64_t *offsets, int64_t *err, int64_t 
             int64_t code, lane;
             int64_t K = read_index(d->data, offsets[i] - o0, offsets[i + 1] - o0, d->C, d->h, i * n, ch + nch, &code,
                                    &lane);
-            err[2 * i] = code;
-            err[2 * i + 1] = lane;
+            set_err(err, i, code, lane);
             first[i - a] = nch;
             ks[i - a] = K;
             nch += K;
@@ -585,9 +557,9 @@ static int decode_range(dec_t *d, const int64_t *offsets, int64_t *err, int64_t 
         for (int64_t b = 0; b < ns; b++)
             for (int64_t k = 0; k < ks[b]; k++) {
                 const chain_t *c = ch + first[b] + k;
-                if (c->p != c->e || c->x != 0) {
-                    err[2 * (a + b)] = c->p != c->e ? 6 : 7;
-                    err[2 * (a + b) + 1] = k;
+                int64_t code = lane_end_code(c->p, c->e, c->x);
+                if (code) {
+                    set_err(err, a + b, code, k);
                     break;
                 }
             }
@@ -601,26 +573,6 @@ static int decode_range(dec_t *d, const int64_t *offsets, int64_t *err, int64_t 
 }
 
 /* ---------------------------------------------------------------------------------- Python */
-static int isa_supported(int isa) {
-    if (isa == ISA_SCALAR) return 1;
-#ifdef HAVE_X86
-    __builtin_cpu_init();
-    if (isa == ISA_AVX2) return __builtin_cpu_supports("avx2");
-    if (isa == ISA_AVX512)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd")
-               && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
-               && __builtin_cpu_supports("avx512vl");
-#endif
-    return 0;
-}
-
-static PyObject *py_supported(PyObject *self, PyObject *args) {
-    (void)self;
-    int isa;
-    if (!PyArg_ParseTuple(args, "i", &isa)) return NULL;
-    return PyBool_FromLong(isa_supported(isa));
-}
-
 static PyObject *py_decode_range(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer data, offsets, packed, out, err;
@@ -637,21 +589,15 @@ static PyObject *py_decode_range(PyObject *self, PyObject *args) {
     else if (packed.len != (Py_ssize_t)(C * (L + 1) * (L + 1) * (L + 1) * 8)) bad = "packed table has the wrong size";
     else if (out.len / (C * h * w) < i1) bad = "out is too small";
     else if (err.len < i1 * 16) bad = "err is too small";
-    else if (!isa_supported(isa)) bad = "this CPU does not support the requested ISA";
-    else
-        for (Py_ssize_t i = i0; i < i1 && !bad; i++)
-            if (off[i] < 0 || off[i + 1] < off[i] || off[i + 1] > data.len)
-                bad = "offsets are not increasing within data";
+    else bad = check_isa_offsets(isa, off, i0, i1, data.len);
     if (!bad && i1 > i0) {
         if (w > MAX_SIMD_W) isa = ISA_SCALAR; /* absurdly wide latents: no per-block scratch of 9 * 32 * w bytes */
         Py_BEGIN_ALLOW_THREADS
-        /* a copy of the range's bytes with 8 zero bytes behind: the kernels' 8-byte word loads may pass
+        /* a copy of the range's bytes with PAD zero bytes behind: the kernels' 8-byte word loads may pass
          * a lane's end by up to 6 bytes (never used) */
-        const int64_t a = off[i0], len = off[i1] - a;
-        uint8_t *padded = (uint8_t *)malloc((size_t)len + 8);
+        const int64_t a = off[i0];
+        uint8_t *padded = padded_copy((const uint8_t *)data.buf + a, off[i1] - a);
         if (padded) {
-            memcpy(padded, (const uint8_t *)data.buf + a, (size_t)len);
-            memset(padded + len, 0, 8);
             uint64_t *rows = NULL;
 #ifdef HAVE_X86
             const int64_t nrows = C * (L + 1) * (L + 1) * (L + 1);
@@ -667,27 +613,14 @@ static PyObject *py_decode_range(PyObject *self, PyObject *args) {
             bad = "out of memory";
         Py_END_ALLOW_THREADS
     }
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&offsets);
-    PyBuffer_Release(&packed);
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&err);
-    if (bad) {
-        PyErr_Format(PyExc_RuntimeError, "_rans3_simd.decode_range: %s", bad);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    Py_buffer *held[] = {&data, &offsets, &packed, &out, &err};
+    return decode_return(bad, held, (int)(sizeof held / sizeof *held));
 }
 
-static PyMethodDef methods[] = {
-    {"decode_range", py_decode_range, METH_VARARGS,
-     "decode_range(data, offsets, packed, L, C, h, w, out, err, i0, i1, isa): payloads i0..i1-1 of a packed batch "
-     "(payload i = data[offsets[i]:offsets[i+1]]) into out (flat uint8, sample i at i*C*h*w), err (N, 2) int64 = "
-     "(code, lane); packed: rans_v3.packed_rows; isa 0 scalar, 1 avx2, 2 avx512. GIL released."},
-    {"supported", py_supported, METH_VARARGS, "supported(isa) -> whether this CPU runs that ISA code"},
-    {NULL, NULL, 0, NULL}};
-
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rans3_simd", "SIMD rANS v3 decoder", -1, methods,
-                                    NULL, NULL, NULL, NULL};
+RANS_MODULE_DEF("SIMD rANS v3 decoder",
+                "decode_range(data, offsets, packed, L, C, h, w, out, err, i0, i1, isa): payloads i0..i1-1 of a "
+                "packed batch (payload i = data[offsets[i]:offsets[i+1]]) into out (flat uint8, sample i at "
+                "i*C*h*w), err (N, 2) int64 = (code, lane); packed: rans_v3.packed_rows; isa 0 scalar, 1 avx2, "
+                "2 avx512. GIL released.")
 
 PyMODINIT_FUNC PyInit__rans3_simd(void) { return PyModule_Create(&module); }

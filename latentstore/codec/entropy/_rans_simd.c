@@ -29,17 +29,12 @@
  * - Runtime dispatch (cpuid, at import and per call): the ISA code comes from Python. Functions carry
  *   target attributes, so the module builds with plain -O3 (no -march) and runs on any x86-64.
  * - The GIL is released while decoding: loader threads decode in parallel.
- * Nothing is raised inside the decoder: errors go to err[i] = (code, lane) as in numba. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#if defined(__x86_64__) || defined(__i386__)
-#define HAVE_X86 1
-#include <immintrin.h>
-#endif
+ * Nothing is raised inside the decoder: errors go to err[i] = (code, lane) as in numba.
+ * Shared with the v3 decoder (_rans3_simd.c), in _rans_common.h: the lane index parser, the
+ * end-of-lane check, the ISA codes and their cpuid check, and the Python glue around decode_range. */
+#define MODULE_NAME "_rans_simd"
+#define AVX512_SUPPORTED() __builtin_cpu_supports("avx512f") /* the gather kernel; scan: has_avx512bw */
+#include "_rans_common.h"
 
 #define CAP 64  /* chains per block: 4 AVX-512 registers */
 #define YT 32   /* rows per tile */
@@ -48,7 +43,6 @@
 #define SCAN_NV 4 /* registers per scan kernel call */
 #endif
 
-enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 static int has_avx512bw; /* set at import: the scan kernel needs AVX512BW's vpermt2w */
 
 typedef struct { /* a block of CAP chains of a run: chain g = b * K + k is slot g % CAP of block g / CAP */
@@ -471,43 +465,6 @@ static void run_chains(const dec_t *d, block_t *blocks, int64_t nch, int64_t K, 
     }
 }
 
-/* Lane index of the payload data[start:stop] (see rans_kernels_cpu._read_index, same codes). Fills
- * ptr/end (absolute offsets of lane k's words) and state; returns K, or 0 with *code, *lane set. */
-static int64_t read_index(const uint8_t *data, int64_t start, int64_t stop, int64_t ncol, int64_t *ptr,
-                          int64_t *end, int64_t *state, int64_t *code, int64_t *lane) {
-    *code = 0;
-    *lane = 0;
-    if (stop <= start) { *code = 1; return 0; }
-    int64_t K = data[start];
-    if (K < 1 || K > (ncol < 255 ? ncol : 255)) { *code = 2; return 0; }
-    int64_t pos = start + 1, m = 0, total = 0;
-    for (int64_t k = 0; k < K; k++) {
-        int64_t v = 0;
-        int ok = 0;
-        for (int b = 0; b < 5; b++) {
-            if (pos >= stop) { *code = 3; *lane = k; return 0; }
-            int64_t byte = data[pos++];
-            v |= (byte & 0x7F) << (7 * b);
-            if (byte < 0x80) { ok = 1; break; }
-        }
-        if (!ok) { *code = 3; *lane = k; return 0; }
-        m = k == 0 ? v : m + ((v >> 1) ^ -(v & 1));
-        if (m < 0) { *code = 4; *lane = k; return 0; }
-        end[k] = m;
-        total += 4 + 2 * m;
-    }
-    if (pos + total != stop) { *code = 5; return 0; }
-    for (int64_t k = 0; k < K; k++) {
-        int64_t nw = end[k];
-        state[k] = (int64_t)data[pos] | ((int64_t)data[pos + 1] << 8) | ((int64_t)data[pos + 2] << 16)
-                   | ((int64_t)data[pos + 3] << 24);
-        ptr[k] = pos + 4;
-        end[k] = pos + 4 + 2 * nw;
-        pos = end[k];
-    }
-    return K;
-}
-
 /* Lanes 0..K-1 of one sample into chains at..at+K-1 of the run. */
 static void put_lanes(block_t *blocks, int64_t at, int64_t K, int64_t base, const int64_t *ptr, const int64_t *end,
                       const int64_t *state) {
@@ -527,25 +484,26 @@ static void put_lanes(block_t *blocks, int64_t at, int64_t K, int64_t base, cons
 /* Images i0..i1-1 of the packed batch (numba's decode_range, same results): consecutive valid images
  * with the same K form a run (a damaged or different image starts the next). */
 static int decode_range(const dec_t *d, const int64_t *offsets, int64_t *err, int64_t i0, int64_t i1, int isa) {
-    int64_t ptr[256], end[256], state[256];
-    int64_t most = (i1 - i0) * 255 < MAXCH + 255 ? (i1 - i0) * 255 : MAXCH + 255; /* chains in a run, at most */
+    int64_t ptr[MAX_LANES], end[MAX_LANES], state[MAX_LANES];
+    /* chains in a run, at most */
+    int64_t most = (i1 - i0) * MAX_LANES < MAXCH + MAX_LANES ? (i1 - i0) * MAX_LANES : MAXCH + MAX_LANES;
     block_t *blocks = (block_t *)malloc((size_t)((most + CAP - 1) / CAP + 1) * sizeof(block_t));
     if (!blocks) return -1;
     const int64_t n = d->C * d->h * d->w, ncol = d->C * d->w;
     int64_t i = i0;
     while (i < i1) {
         int64_t code, lane;
-        int64_t K = read_index(d->data, offsets[i], offsets[i + 1], ncol, ptr, end, state, &code, &lane);
+        int64_t K = read_lane_index(d->data, offsets[i], offsets[i + 1], ncol, ptr, end, state, &code, &lane);
         if (code) {
-            err[2 * i] = code;
-            err[2 * i + 1] = lane;
+            set_err(err, i, code, lane);
             i++;
             continue;
         }
         int64_t B = 1;
         put_lanes(blocks, 0, K, i * n, ptr, end, state);
         while ((B + 1) * K <= MAXCH && i + B < i1) {
-            int64_t K2 = read_index(d->data, offsets[i + B], offsets[i + B + 1], ncol, ptr, end, state, &code, &lane);
+            int64_t K2 = read_lane_index(d->data, offsets[i + B], offsets[i + B + 1], ncol, ptr, end, state, &code,
+                                         &lane);
             if (code || K2 != K) break;
             put_lanes(blocks, B * K, K, (i + B) * n, ptr, end, state);
             B++;
@@ -561,9 +519,9 @@ static int decode_range(const dec_t *d, const int64_t *offsets, int64_t *err, in
             for (int64_t k = 0; k < K; k++) {
                 const block_t *J = blocks + (b * K + k) / CAP;
                 int s = (int)((b * K + k) % CAP);
-                if (J->p2[s] != J->e2[s] || J->x[s] != 0) {
-                    err[2 * (i + b)] = J->p2[s] != J->e2[s] ? 6 : 7;
-                    err[2 * (i + b) + 1] = k;
+                int64_t code = lane_end_code(J->p2[s], J->e2[s], J->x[s]);
+                if (code) {
+                    set_err(err, i + b, code, k);
                     break;
                 }
             }
@@ -574,23 +532,6 @@ static int decode_range(const dec_t *d, const int64_t *offsets, int64_t *err, in
 }
 
 /* ---------------------------------------------------------------------------------- Python */
-static int isa_supported(int isa) {
-    if (isa == ISA_SCALAR) return 1;
-#ifdef HAVE_X86
-    __builtin_cpu_init();
-    if (isa == ISA_AVX2) return __builtin_cpu_supports("avx2");
-    if (isa == ISA_AVX512) return __builtin_cpu_supports("avx512f");
-#endif
-    return 0;
-}
-
-static PyObject *py_supported(PyObject *self, PyObject *args) {
-    (void)self;
-    int isa;
-    if (!PyArg_ParseTuple(args, "i", &isa)) return NULL;
-    return PyBool_FromLong(isa_supported(isa));
-}
-
 static PyObject *py_decode_range(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer data, offsets, tab, chans, out, err;
@@ -611,17 +552,12 @@ static PyObject *py_decode_range(PyObject *self, PyObject *args) {
     else if (out.len < i1 * n) bad = "out is too small";
     else if (err.len < i1 * 16) bad = "err is too small";
     else if (data.len >= INT32_MAX - 16) bad = "data is too large (2 GB) for 32-bit lane offsets";
-    else if (!isa_supported(isa)) bad = "this CPU does not support the requested ISA";
-    else
-        for (Py_ssize_t i = i0; i < i1 && !bad; i++)
-            if (off[i] < 0 || off[i + 1] < off[i] || off[i + 1] > data.len) bad = "offsets are not increasing within data";
+    else bad = check_isa_offsets(isa, off, i0, i1, data.len);
     if (!bad) {
         Py_BEGIN_ALLOW_THREADS
-        /* a copy with 8 zero bytes behind: the kernels' two-word reads may pass a lane's end by 2 bytes */
-        uint8_t *padded = (uint8_t *)malloc((size_t)data.len + 8);
+        /* a copy with PAD zero bytes behind: the kernels' two-word reads may pass a lane's end by 2 bytes */
+        uint8_t *padded = padded_copy(data.buf, data.len);
         if (padded) {
-            memcpy(padded, data.buf, (size_t)data.len);
-            memset(padded + data.len, 0, 8);
             dec_t d = {padded, (const uint32_t *)tab.buf, chans.len ? (const chan_t *)chans.buf : NULL,
                        (uint8_t *)out.buf, L, C, h, w};
             if (decode_range(&d, off, (int64_t *)err.buf, i0, i1, isa)) bad = "out of memory";
@@ -630,28 +566,14 @@ static PyObject *py_decode_range(PyObject *self, PyObject *args) {
             bad = "out of memory";
         Py_END_ALLOW_THREADS
     }
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&offsets);
-    PyBuffer_Release(&tab);
-    PyBuffer_Release(&chans);
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&err);
-    if (bad) {
-        PyErr_Format(PyExc_RuntimeError, "_rans_simd.decode_range: %s", bad);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    Py_buffer *held[] = {&data, &offsets, &tab, &chans, &out, &err};
+    return decode_return(bad, held, (int)(sizeof held / sizeof *held));
 }
 
-static PyMethodDef methods[] = {
-    {"decode_range", py_decode_range, METH_VARARGS,
-     "decode_range(data, offsets, tab, chans, L, C, h, w, out, err, i0, i1, isa): images i0..i1-1 of a packed batch "
-     "into out (flat uint8), err (N, 2) int64 = (code, lane); isa 0 scalar, 1 avx2, 2 avx512. GIL released."},
-    {"supported", py_supported, METH_VARARGS, "supported(isa) -> whether this CPU runs that ISA code"},
-    {NULL, NULL, 0, NULL}};
-
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rans_simd", "SIMD rANS v2 decoder", -1, methods,
-                                    NULL, NULL, NULL, NULL};
+RANS_MODULE_DEF("SIMD rANS v2 decoder",
+                "decode_range(data, offsets, tab, chans, L, C, h, w, out, err, i0, i1, isa): images i0..i1-1 of a "
+                "packed batch into out (flat uint8), err (N, 2) int64 = (code, lane); isa 0 scalar, 1 avx2, "
+                "2 avx512. GIL released.")
 
 PyMODINIT_FUNC PyInit__rans_simd(void) {
 #ifdef HAVE_X86

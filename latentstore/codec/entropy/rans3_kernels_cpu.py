@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import rans_kernels_cpu as _v2
 from .rans_kernels_cpu import _assemble, _read_index
 
 MASK = 4095
@@ -79,13 +80,8 @@ def encode_range(symbols, cum, L, K, out, lengths, i0, i1):
 
 
 def encode_batch(symbols: np.ndarray, cum: np.ndarray, L: int, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C, h, w) uint8 -> (buffer (N, cap) uint8, lengths (N,) int64)."""
-    N, C, h, w = symbols.shape
-    cap = 1 + 9 * K + 2 * C * h * w  # K byte, 5-byte varints, 4-byte states, one word per symbol
-    out = np.empty((N, cap), np.uint8)
-    lengths = np.zeros(N, np.int64)
-    encode_range(symbols, cum, L, K, out, lengths, 0, N)
-    return out, lengths
+    """(N, C, h, w) uint8 -> (buffer (N, cap) uint8, lengths (N,) int64), in v2's buffers (same layout)."""
+    return _v2.encode_batch(symbols, cum, L, K, encode_range)
 
 
 # ----------------------------------------------------------------------------------- decode

@@ -2,13 +2,11 @@
 numba, SIMD and Triton coders are tested against (bit-identical bytes and symbols). See rans_v3.py."""
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 
-from ..bitstream import _varint  # the container's LEB128 varint: one definition
-from .rans_reference import _zigzag
-from .rans_v2 import ERRORS, MAX_LANES, PROB_BITS, PROB_SCALE, STATE_LOW, _check_shape
+from .rans_reference import (assemble, check_lane_end, decode_symbol, encode_symbol, lane_bytes, parse_index,
+                             read_lane)
+from .rans_v2 import _check_shape
 from .rans_v3 import check_tables, cumulative, lane_rows, lanes_for
 
 
@@ -39,67 +37,26 @@ def encode_reference(symbols: np.ndarray, tables: np.ndarray, lanes: int | None 
     for k in range(K):
         x, words = 0, []
         for c, y, xx, up in reversed(lane_order(C, h, w, K, k)):
-            sym, ctx = int(s[c, y, xx]), context(s, c, y, xx, up, L)
-            f, start = int(cum[c, ctx, sym + 1] - cum[c, ctx, sym]), int(cum[c, ctx, sym])
-            if x >= f << (32 - PROB_BITS):
-                words.append(x & 0xFFFF)
-                x >>= 16
-            x = (x // f) * PROB_SCALE + x % f + start
-        lanes_out.append(struct.pack("<I", x) + struct.pack(f"<{len(words)}H", *reversed(words)))
+            x = encode_symbol(x, words, cum[c, context(s, c, y, xx, up, L)], int(s[c, y, xx]))
+        lanes_out.append(lane_bytes(x, words))
         counts.append(len(words))
-    index = bytes([K]) + _varint(counts[0]) + b"".join(_varint(_zigzag(b - a)) for a, b in zip(counts, counts[1:]))
-    return index + b"".join(lanes_out)
+    return assemble(lanes_out, counts)
 
 
 def decode_reference(payload: bytes, tables: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Pure-Python decoder with every check of the fast ones (same messages and error codes as v2)."""
+    """Pure-Python decoder with every check of the fast ones (v2's lane index checks, same messages and codes)."""
     C, h, w = _check_shape(shape)
     L = tables.shape[-1]
     check_tables(tables, C, L)
     cum = cumulative(tables)
     p = bytes(payload)
-
-    def fail(code, lane=0):
-        raise ValueError(f"rANS payload of sample 0 is corrupt: {ERRORS[code]} (lane {lane})")
-
-    if not p:
-        fail(1)
-    K, pos = p[0], 1
-    if not 1 <= K <= min(MAX_LANES, C * h):
-        fail(2)
-    counts = []
-    for k in range(K):
-        v = 0
-        for b in range(6):
-            if b == 5 or pos >= len(p):
-                fail(3, k)
-            v |= (p[pos] & 0x7F) << (7 * b)
-            pos += 1
-            if p[pos - 1] < 0x80:
-                break
-        m = v if k == 0 else counts[-1] + ((v >> 1) ^ -(v & 1))
-        if m < 0:
-            fail(4, k)
-        counts.append(m)
-    if pos + sum(4 + 2 * m for m in counts) != len(p):
-        fail(5)
+    counts, pos = parse_index(p, C * h)
+    K = len(counts)
     out = np.zeros((C, h, w), dtype=np.uint8)
     for k in range(K):
-        x = int.from_bytes(p[pos:pos + 4], "little")
-        words = struct.unpack_from(f"<{counts[k]}H", p, pos + 4)
-        pos += 4 + 2 * counts[k]
+        x, words, pos = read_lane(p, pos, counts[k])
         nxt = 0
         for c, y, xx, up in lane_order(C, h, w, K, k):
-            row = cum[c, context(out, c, y, xx, up, L)]
-            slot = x & (PROB_SCALE - 1)
-            sym = int(np.searchsorted(row, slot, side="right")) - 1
-            x = int(row[sym + 1] - row[sym]) * (x >> PROB_BITS) + slot - int(row[sym])
-            if x < STATE_LOW and nxt < len(words):
-                x = (x << 16) | words[nxt]
-                nxt += 1
-            out[c, y, xx] = sym
-        if nxt != len(words):
-            fail(6, k)
-        if x != 0:
-            fail(7, k)
+            out[c, y, xx], x, nxt = decode_symbol(x, cum[c, context(out, c, y, xx, up, L)], words, nxt)
+        check_lane_end(nxt, words, x, k)
     return out

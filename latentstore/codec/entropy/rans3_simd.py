@@ -18,21 +18,15 @@ every call:
 Both decoders fill the same (N, 2) err array with the same (code, lane); rans_v3 raises from it."""
 from __future__ import annotations
 
-import os
-from functools import lru_cache
-
 import numpy as np
 
 from ...errors import UsageError
+from .rans_simd import CHOICES, ENV, ISA_CODES, _supported, choose_isa  # noqa: F401 (ENV: the switch's name)
 
 try:
     from . import _rans3_simd as _ext
 except ImportError:  # not built (no compiler at install time): numba decodes
     _ext = None
-
-ENV = "LATENTSTORE_RANS_ISA"
-ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2}  # the extension's codes
-CHOICES = ("auto", "avx512", "avx2", "scalar", "numba")
 
 
 def extension_available() -> bool:
@@ -44,27 +38,9 @@ def supported_isas() -> list[str]:
     return list(_supported(_ext))
 
 
-@lru_cache(maxsize=4)
-def _supported(ext) -> tuple[str, ...]:  # cpuid once per process (decode_batch asks on every call)
-    return () if ext is None else tuple(name for name in ("avx512", "avx2", "scalar") if ext.supported(ISA_CODES[name]))
-
-
 def chosen_isa() -> str:
-    """What decode_range runs now: 'avx512', 'avx2', 'scalar' or 'numba' (from LATENTSTORE_RANS_ISA)."""
-    want = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if want not in CHOICES:
-        raise UsageError(f"{ENV}={want!r}: expected one of {', '.join(CHOICES)}")
-    if want == "numba":
-        return want
-    have = supported_isas()
-    if want == "auto":
-        return have[0] if have else "numba"
-    if _ext is None:
-        raise UsageError(f"{ENV}={want}: the C extension latentstore.codec.entropy._rans3_simd is not built "
-                         "(reinstall with a C compiler: pip install -e .), use auto or numba")
-    if want not in have:
-        raise UsageError(f"{ENV}={want}: this CPU does not run it (it runs {', '.join(have)})")
-    return want
+    """What decode_range runs now: 'avx512', 'avx2', 'scalar' or 'numba' (LATENTSTORE_RANS_ISA, as for v2)."""
+    return choose_isa(_ext, "_rans3_simd")
 
 
 def decode_range(data, offsets, packed, L, C, h, w, out, err, i0, i1, isa: str | None = None) -> None:

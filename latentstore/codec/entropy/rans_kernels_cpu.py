@@ -159,13 +159,14 @@ def decode_tables(cum: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(dtab.astype(np.uint16).ravel()), np.ascontiguousarray(ftab.ravel())
 
 
-def encode_batch(symbols: np.ndarray, cum: np.ndarray, L: int, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C, h, w) uint8 -> (buffer (N, cap) uint8, lengths (N,) int64)."""
+def encode_batch(symbols: np.ndarray, cum: np.ndarray, L: int, K: int, kernel=None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, h, w) uint8 -> (buffer (N, cap) uint8, lengths (N,) int64). kernel: the coder's encode_range
+    (None: v2's; rans3_kernels_cpu passes v3's: the payload layout is the same)."""
     N, C, h, w = symbols.shape
     cap = 1 + 9 * K + 2 * C * h * w  # K byte, 5-byte varints, 4-byte states, one word per symbol
     out = np.empty((N, cap), np.uint8)
     lengths = np.zeros(N, np.int64)
-    encode_range(symbols, cum, L, K, out, lengths, 0, N)
+    (kernel or encode_range)(symbols, cum, L, K, out, lengths, 0, N)
     return out, lengths
 
 

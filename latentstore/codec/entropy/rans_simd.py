@@ -50,16 +50,22 @@ def _supported(ext) -> tuple[str, ...]:  # cpuid once per process (decode_batch 
 
 def chosen_isa() -> str:
     """What decode_range runs now: 'avx512', 'avx2', 'scalar' or 'numba' (from LATENTSTORE_RANS_ISA)."""
+    return choose_isa(_ext, "_rans_simd")
+
+
+def choose_isa(ext, ext_name: str) -> str:
+    """LATENTSTORE_RANS_ISA read now, for the extension `ext` (None: not built) named `ext_name`: one switch
+    for the v2 and v3 decoders (rans3_simd uses this too)."""
     want = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if want not in CHOICES:
         raise UsageError(f"{ENV}={want!r}: expected one of {', '.join(CHOICES)}")
     if want == "numba":
         return want
-    have = supported_isas()
+    have = list(_supported(ext))
     if want == "auto":
         return have[0] if have else "numba"
-    if _ext is None:
-        raise UsageError(f"{ENV}={want}: the C extension latentstore.codec.entropy._rans_simd is not built "
+    if ext is None:
+        raise UsageError(f"{ENV}={want}: the C extension latentstore.codec.entropy.{ext_name} is not built "
                          "(reinstall with a C compiler: pip install -e .), use auto or numba")
     if want not in have:
         raise UsageError(f"{ENV}={want}: this CPU does not run it (it runs {', '.join(have)})")

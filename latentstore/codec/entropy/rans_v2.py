@@ -55,6 +55,7 @@ TRITON_INTERPRET=1 on the CPU).
 """
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -257,12 +258,17 @@ def encode_batch(symbols: np.ndarray, tables: np.ndarray, lanes: int | None = No
     (cum, _), L = _prepared(tables, C)
     if s.max() >= L:
         raise ValueError(f"rANS symbols must be < L = {L}, got {int(s.max())}")
-    K = lanes_for(lanes, C, h, w)
+    return encode_in_chunks(kc.encode_batch, s, cum, L, lanes_for(lanes, C, h, w), threads)
 
+
+def encode_in_chunks(kernel_batch, s: np.ndarray, cum: np.ndarray, L: int, K: int, threads: int) -> list[bytes]:
+    """kernel_batch(symbols, cum, L, K) -> (buffer, lengths) over chunks of images (scratch <= ~16 MB), on
+    `threads` pool threads when > 1; the payloads in order. v2 and v3 both."""
+    C, h, w = s.shape[1:]
     per = max(1, min(ENCODE_CHUNK, (1 << 23) // (C * h * w)))  # the worst case is 2 bytes per symbol
 
     def chunk(a: int) -> list[bytes]:
-        buf, lengths = kc.encode_batch(s[a:a + per], cum, L, K)
+        buf, lengths = kernel_batch(s[a:a + per], cum, L, K)
         return [buf[i, :n].tobytes() for i, n in enumerate(lengths)]
 
     starts = range(0, s.shape[0], per)
@@ -284,17 +290,21 @@ def decode_batch(payloads: list[bytes], tables: np.ndarray, shape: tuple[int, in
     flat = np.empty(N * C * h * w + h * w, dtype=np.uint8)  # the tail is the kernel's scratch sink
     out = flat[:N * C * h * w].reshape(N, C, h, w)
     err = np.zeros((N, 2), dtype=np.int64)
-    if threads <= 1 or N < 2:
-        dec.decode_range(data, offsets, dtab, ftab, L, C, h, w, flat, err, 0, N, isa)
-    else:
-        bounds = np.linspace(0, N, min(threads, N) + 1).astype(np.int64)
-        pool = _pool(threads)
-        jobs = [pool.submit(dec.decode_range, data, offsets, dtab, ftab, L, C, h, w, flat, err, int(a), int(b), isa)
-                for a, b in zip(bounds[:-1], bounds[1:])]
-        for j in jobs:
-            j.result()
+    over_ranges(dec.decode_range, (data, offsets, dtab, ftab, L, C, h, w, flat, err), N, threads, isa)
     raise_errors(err)
     return out
+
+
+def over_ranges(decode_range, head: tuple, N: int, threads: int, isa: str) -> None:
+    """decode_range(*head, i0, i1, isa) over samples 0..N-1: one call, or `threads` contiguous parts on the pool
+    (the decoders release the GIL). v2 and v3 both."""
+    if threads <= 1 or N < 2:
+        decode_range(*head, 0, N, isa)
+        return
+    bounds = np.linspace(0, N, min(threads, N) + 1).astype(np.int64)
+    jobs = [_pool(threads).submit(decode_range, *head, int(a), int(b), isa) for a, b in zip(bounds[:-1], bounds[1:])]
+    for j in jobs:
+        j.result()
 
 
 def raise_errors(err: np.ndarray) -> None:
@@ -320,32 +330,32 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 # ----------------------------------------------------------------------- the registered coder
-class RansV2Coder(EntropyCoder):
-    """`latentstore.rans`, bitstream v2; tables: (C, L+1, L) uint16 (see fit_tables)."""
+class LaneRansCoder(EntropyCoder):
+    """A registered lane-interleaved rANS coder: v2 (this module) and v3 (rans_v3) differ in their functions."""
 
-    id = "latentstore.rans"
-    bitstream_version = 2
+    def __init__(self, coder_id: str, version: int, module) -> None:
+        self.id, self.bitstream_version, self._m = coder_id, version, module
 
     def encode(self, symbols: np.ndarray, tables) -> bytes:
-        return encode(symbols, tables)
+        return self._m.encode(symbols, tables)
 
     def decode(self, payload: bytes, tables, shape) -> np.ndarray:
         return self.decode_batch([payload], tables, shape)[0]
 
     def encode_batch(self, symbols: np.ndarray, tables) -> list[bytes]:
-        return encode_batch(symbols, tables)
+        return self._m.encode_batch(symbols, tables)
 
     def decode_batch(self, payloads: list[bytes], tables, shape) -> np.ndarray:
         try:
-            return decode_batch(payloads, tables, shape)
+            return self._m.decode_batch(payloads, tables, shape)
         except ValueError as e:
             raise BitstreamError(str(e)) from None
 
     def ideal_bits(self, symbols: np.ndarray, tables) -> float:
-        return ideal_bits(symbols, tables)
+        return self._m.ideal_bits(symbols, tables)
 
 
-RANS_V2 = register(RansV2Coder())
+RANS_V2 = register(LaneRansCoder("latentstore.rans", 2, sys.modules[__name__]))  # tables: (C, L+1, L), fit_tables
 
 __all__ = ["PROB_BITS", "PROB_SCALE", "MIN_LANE_SYMBOLS", "check_tables", "fit_tables", "quantize_row",
            "context_counts", "ideal_bits", "cumulative", "default_lanes", "encode", "decode", "encode_batch",

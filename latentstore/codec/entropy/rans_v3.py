@@ -31,14 +31,14 @@ rans3_simd.py) and the Triton decoder (latentstore_kernels.rans3).
 """
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 
 import numpy as np
 
-from ...errors import BitstreamError
-from .registry import EntropyCoder, register
-from .rans_v2 import (ENCODE_CHUNK, MAX_LANES, MIN_LANE_SYMBOLS, PROB_SCALE, _as_batch, _check_shape, _pool,
-                      pack_payloads, quantize_row, raise_errors)
+from .registry import register
+from .rans_v2 import (MAX_LANES, MIN_LANE_SYMBOLS, PROB_SCALE, LaneRansCoder, _as_batch, _check_shape,
+                      encode_in_chunks, over_ranges, pack_payloads, quantize_row, raise_errors)
 
 MAX_L = 6  # a row's L-1 inner cumulative frequencies (12 bits each) fit one uint64
 NEIGHBOURS = 3
@@ -204,17 +204,7 @@ def encode_batch(symbols: np.ndarray, tables: np.ndarray, lanes: int | None = No
     cum, _, L = prepared(tables, C)
     if s.max() >= L:
         raise ValueError(f"rans3 symbols must be < L = {L}, got {int(s.max())}")
-    K = lanes_for(lanes, C, h, w)
-    per = max(1, min(ENCODE_CHUNK, (1 << 23) // (C * h * w)))  # the worst case is 2 bytes per symbol
-
-    def chunk(a: int) -> list[bytes]:
-        buf, lengths = kc.encode_batch(s[a:a + per], cum, L, K)
-        return [buf[i, :n].tobytes() for i, n in enumerate(lengths)]
-
-    starts = range(0, s.shape[0], per)
-    if threads <= 1 or len(starts) < 2:
-        return [p for a in starts for p in chunk(a)]
-    return [p for part in _pool(threads).map(chunk, starts) for p in part]
+    return encode_in_chunks(kc.encode_batch, s, cum, L, lanes_for(lanes, C, h, w), threads)
 
 
 def decode_batch(payloads: list[bytes], tables: np.ndarray, shape: tuple[int, int, int],
@@ -229,46 +219,13 @@ def decode_batch(payloads: list[bytes], tables: np.ndarray, shape: tuple[int, in
     N = len(payloads)
     out = np.empty((N, C, h, w), dtype=np.uint8)
     err = np.zeros((N, 2), dtype=np.int64)
-    if threads <= 1 or N < 2:
-        dec.decode_range(data, offsets, packed, L, C, h, w, out, err, 0, N, isa)
-    else:
-        bounds = np.linspace(0, N, min(threads, N) + 1).astype(np.int64)
-        pool = _pool(threads)
-        jobs = [pool.submit(dec.decode_range, data, offsets, packed, L, C, h, w, out, err, int(a), int(b), isa)
-                for a, b in zip(bounds[:-1], bounds[1:])]
-        for j in jobs:
-            j.result()
+    over_ranges(dec.decode_range, (data, offsets, packed, L, C, h, w, out, err), N, threads, isa)
     raise_errors(err)
     return out
 
 
 # ----------------------------------------------------------------------- the registered coder
-class RansV3Coder(EntropyCoder):
-    """`latentstore.rans3`, bitstream v3; tables: (C, (L+1)**3, L) uint16 (see fit_tables)."""
-
-    id = "latentstore.rans3"
-    bitstream_version = 3
-
-    def encode(self, symbols: np.ndarray, tables) -> bytes:
-        return encode(symbols, tables)
-
-    def decode(self, payload: bytes, tables, shape) -> np.ndarray:
-        return self.decode_batch([payload], tables, shape)[0]
-
-    def encode_batch(self, symbols: np.ndarray, tables) -> list[bytes]:
-        return encode_batch(symbols, tables)
-
-    def decode_batch(self, payloads: list[bytes], tables, shape) -> np.ndarray:
-        try:
-            return decode_batch(payloads, tables, shape)
-        except ValueError as e:
-            raise BitstreamError(str(e)) from None
-
-    def ideal_bits(self, symbols: np.ndarray, tables) -> float:
-        return ideal_bits(symbols, tables)
-
-
-RANS_V3 = register(RansV3Coder())
+RANS_V3 = register(LaneRansCoder("latentstore.rans3", 3, sys.modules[__name__]))  # tables: (C, (L+1)**3, L)
 
 __all__ = ["MAX_L", "n_contexts", "check_tables", "lane_rows", "default_lanes", "lanes_for", "contexts",
            "context_counts", "tables_from_counts", "fit_tables", "ideal_bits", "cumulative", "packed_rows",
