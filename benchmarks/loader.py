@@ -1,9 +1,9 @@
 """Loader benchmark: samples/s delivered to a training loop, all four sources measured in one run.
 
-    python benchmarks/loader.py [--images 600] [--codec ls-c32] [--bitstream v2]
+    python benchmarks/loader.py [--images 600] [--codec ls-c32] [--bitstream v2] [--compare v1]
 
 (a) the Zarr latent store       LatentMapDataset: uint8 symbols, random 28x28 crop + flip (batched decode)
-(a1) the same store in bitstream v1 (constriction ANS), for comparison
+(a1) the same store in another bitstream (--compare; default v1, constriction ANS; v2 when --bitstream is v1)
 (b) the WebDataset latent store LatentBatchStream: the same, read from the tar shards
 (c) the same images as JPEG files, Pillow decode + RandomResizedCrop(224) + flip (what users do today)
 (d) DALI CPU decoding of the same JPEGs: readers.file -> decoders.image -> random_resized_crop + flip
@@ -27,6 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from benchmarks.loader_common import make_jpegs, measure, stream_loader, torch_loader  # noqa: E402  (re-exported)
+from latentstore.store.coders import BITSTREAMS  # noqa: E402
 
 
 def dali_loader(root: str, threads: int, batch: int = 64):
@@ -66,7 +67,9 @@ def main(argv=None) -> None:
     ap.add_argument("--images", type=int, default=600)
     ap.add_argument("--codec", default="ls-c32")
     ap.add_argument("--work", default="runs/loader-bench")
-    ap.add_argument("--bitstream", choices=["v1", "v2"], default="v2", help="the bitstream of stores (a) and (b)")
+    ap.add_argument("--bitstream", choices=sorted(BITSTREAMS), default="v2", help="the bitstream of stores (a) and (b)")
+    ap.add_argument("--compare", choices=sorted(BITSTREAMS), default=None,
+                    help="the bitstream of store (a1) (default: v1, or v2 when --bitstream is v1)")
     ap.add_argument("--store", default=None, help="an s3:// prefix: measure stores (a) and (b) read from there "
                     "against the same stores on local disk (benchmarks/loader_s3.py), instead of the rows above")
     ap.add_argument("--moto", action="store_true", help="with --store: start a loopback S3 server (moto) for it")
@@ -78,7 +81,7 @@ def main(argv=None) -> None:
     from latentstore.store.info import dir_bytes
     jpegs = make_jpegs(os.path.join(a.work, "jpeg"), a.images)
     stores = {}
-    other = "v1" if a.bitstream == "v2" else "v2"
+    other = a.compare or ("v2" if a.bitstream == "v1" else "v1")
     for key, fmt, bits in (("zarr", "zarr", a.bitstream), ("wds", "wds", a.bitstream), ("zarr_other", "zarr", other)):
         dst = os.path.join(a.work, f"{os.path.basename(a.codec).split('.')[0]}-{fmt}-{bits}")
         if not os.path.exists(os.path.join(dst, "_parts", "INIT.json")) or not os.path.exists(
@@ -115,7 +118,8 @@ def main(argv=None) -> None:
               flush=True)
     c = rows[3]["per_core_sps"]
     lines = [f"# Loader throughput, {n} images, codec {a.codec} at 256x256 (latents 32x32, crop 28)", "",
-             f"Command: `python benchmarks/loader.py --images {n} --codec {a.codec} --bitstream {a.bitstream}`; "
+             f"Command: `python benchmarks/loader.py --images {n} --codec {a.codec} --bitstream {a.bitstream} "
+             f"--compare {other}`; "
              f"{platform.machine()} CPU, "
              f"{cores} cores, {time.strftime('%Y-%m-%d')}; all rows measured in one run.", "",
              "| source | samples/s, 1 core | samples/s, all cores | x (c), 1 core | bytes read / sample |",
@@ -125,7 +129,7 @@ def main(argv=None) -> None:
                      f"{r['per_core_sps'] / c:.1f} | {r['bytes_per_sample']:,.0f} |")
     res = os.path.join(HERE, "results")
     os.makedirs(res, exist_ok=True)
-    tag = os.path.basename(a.codec).split(".")[0] + ("" if a.bitstream == "v2" else "-v1")
+    tag = os.path.basename(a.codec).split(".")[0] + ("" if a.bitstream == "v2" else f"-{a.bitstream}")
     open(os.path.join(res, f"loader-{tag}.md"), "w").write("\n".join(lines) + "\n")
     with open(os.path.join(res, f"loader-{tag}.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

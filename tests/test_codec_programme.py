@@ -202,3 +202,25 @@ def test_the_codecs_table_puts_the_delivered_rate_beside_the_papers():
     head, line, note = format_codec_rows([row])
     assert head.split()[3:6] == ["bpp", "paper", "off"] and line.split()[3:6] == ["0.2310", "0.330", "-30%"]
     assert "delivered" in note
+
+
+def test_the_last_hour_trend_is_the_least_squares_gain_of_the_rows_in_that_hour():
+    from latentstore_train.codec_programme import last_hour_trend
+    rows = [{"cpu_hours": str(h), "msssim": str(0.90 + 0.01 * h), "bpp": str(0.30 - 0.002 * h)}
+            for h in (0.0, 0.5, 1.0, 1.25, 1.5, 1.75, 2.0)]
+    rows[3]["msssim"] = str(0.9125 + 0.003)  # one noisy row: the slope barely moves
+    t = last_hour_trend(rows)
+    assert t["rows"] == 5 and abs(t["msssim"] - 0.01) < 0.002 and abs(t["bpp"] + 0.002) < 1e-9
+    assert last_hour_trend(rows[:2]) == {}  # too few rows to call a trend
+    assert last_hour_trend([{**r, "cpu_hours": str(2.0 + i * 0.05)} for i, r in enumerate(rows[:3])]) == {}
+
+
+def test_frozen_centres_stop_moving_from_their_step_and_not_before(tmp_path):
+    def centres(run):
+        return load_file(tensors_path(str(run)))["model/quantizer.centres"]
+    train(_cfg(stop_at=2, ckpt_every=1), str(tmp_path / "a"), progress=False)
+    at2 = centres(tmp_path / "a")
+    train(_cfg(stop_at=4, ckpt_every=1, freeze_centres_at=2), str(tmp_path / "a"), progress=False)
+    train(_cfg(stop_at=4, ckpt_every=1), str(tmp_path / "b"), progress=False)
+    assert (centres(tmp_path / "a") == at2).all()  # steps 3 and 4 left them where step 2 did
+    assert not (centres(tmp_path / "b") == at2).all()  # unfrozen, the same steps move them

@@ -137,3 +137,10 @@ def test_shipped_measurements_file_is_honest():
         assert key == validation.cache_key(row["weights_hash"], row["max_side"])
         assert row["n_photos"] == len(row["photos"]) > 0 and 0 < row["bpp"] < 8 and 0 < row["msssim"] <= 1
     assert set(hashes) <= {r["weights_hash"] for r in doc["entries"].values()}, "a shipped codec has no figures"
+
+
+def test_rd_plot_draws_codec_files_by_folder_and_shipped_codecs_by_version():
+    from latentstore.eval.rd import _series
+    groups = _series(["runs/a/ls-c8.safetensors", "ls-c8", "runs/a/ls-c16.safetensors", "ls-c16@1", "ls-c32"])
+    assert groups == {"a": ["runs/a/ls-c8.safetensors", "runs/a/ls-c16.safetensors"], "shipped": ["ls-c8", "ls-c32"],
+                      "shipped @1": ["ls-c16@1"]}

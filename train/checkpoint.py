@@ -69,7 +69,7 @@ def tensors_path(run_dir: str) -> str:
 
 def save_checkpoint(run_dir: str, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
                     gen: torch.Generator, config: dict, extra: dict | None = None, addressed: bool = False,
-                    reader_link: bool = False) -> None:
+                    reader_link: bool = False, extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write the checkpoint; with `addressed`, crash-safe at every moment (module docstring), else the old layout.
     `reader_link` (classify, seg, joint runs: addressed too): once committed, ckpt.safetensors is made a hard link
     of the named file, for the readers that open the run's weights by that name (predict, serve, a backbone)."""
@@ -85,6 +85,7 @@ def save_checkpoint(run_dir: str, step: int, model: torch.nn.Module, opt: torch.
                 scalars[f"{pid}/{k}"] = v
     tensors["rng/generator"] = gen.get_state()
     tensors["rng/torch"] = torch.get_rng_state()
+    tensors.update(extra_tensors or {})  # e.g. a weights EMA's "ema/..."
     data = save(tensors)
     sha = hashlib.sha256(data).hexdigest()
     name = f"ckpt-{sha[:12]}.safetensors" if addressed else TENSORS
@@ -171,9 +172,12 @@ def read_model_weights(run_dir: str) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(run_dir: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    gen: torch.Generator) -> dict:
-    """Restores everything in place; returns the JSON side (step, the caller's extra state, ...)."""
+                    gen: torch.Generator, extra_tensors: dict | None = None) -> dict:
+    """Restores everything in place; returns the JSON side (step, the caller's extra state, ...). The tensors
+    save_checkpoint took as `extra_tensors` go into the dict given as `extra_tensors`."""
     meta, tensors = read_checkpoint(run_dir)
+    if extra_tensors is not None:
+        extra_tensors.update({k: v for k, v in tensors.items() if not k.startswith(("model/", "opt/", "rng/"))})
     model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
     state: dict = {}
     for k, v in tensors.items():

@@ -37,6 +37,7 @@ from latentstore.device import resolve_device
 from latentstore.errors import UsageError
 from latentstore_train.checkpoint import StopSignals, has_checkpoint, load_checkpoint, save_checkpoint
 from latentstore_train.codec_progress import StepLog, Validator, plot_log
+from latentstore_train.ema import WeightEMA
 from latentstore_train.precision import cpu_has_native_bf16, resolve_precision, train_autocast  # noqa: F401
 
 
@@ -73,6 +74,8 @@ class CodecTrainConfig:
     val_cpu_minutes: float = 0.0  # validate (real bytes, PSNR, MS-SSIM) every this many training CPU-minutes (0: never)
     results_dir: str = ""  # also write the validation curve there, as <name>-val.csv and <name>-val.png
     rate_scale: float = 1.0  # H_t = rate_scale * target_bpp * 64 / C (> 1: the v2 coder delivers below H_soft)
+    freeze_centres_at: int = 0  # from this step the quantizer's centres stop moving (0: never): stops two centres merging
+    ema_decay: float = 0.0  # keep an EMA of the weights (0: none): validation measures it and an export installs it
 
 
 # Training recipes: what `latentstore train codec --all --recipe R` uses for every operating point.
@@ -96,16 +99,15 @@ RECIPES = {
     # makes a 30-MB checkpoint. H_t x rate_scale: the shipped codecs delivered 67% / 69% / 74% of the target rate
     # (the v2 context coder codes below the soft entropy the hinge sees), so the hinge aims that much higher.
     # ~200k steps is ~4.4 CPU-hours a point at the pilots' 12.6 steps per CPU-second.
-    # 2026-12-07, from steps 106,409 / 105,548 / 68,774 (ls-c8 / ls-c16 / ls-c32): the delivered coder became
-    # v3, which codes the same symbols in 82% / 88% / 90% of v2's bytes (results/codec_training/
-    # context_whatif-programme.md), so the delivered rate fell to 0.086 / 0.300 / 0.546 bpp on validation;
-    # rate_scale x paper / that: 1.49 -> 1.70, 1.45 -> 1.59, 1.36 -> 1.58. At steps 120,561 / 117,610 / 91,590
-    # eval rd delivered 0.089 / 0.328 / 0.655 bpp (-9% / -1% / +3%: codec_training/rd-2026-12-07): ls-c8 1.70 -> 1.80
-    # from step 124,438.
+    # Changed mid-run (the steps, the measurements and why: results/codec_training/programme-NOTES.md):
+    # rate_scale 1.49 / 1.45 / 1.36 -> 1.70 / 1.59 / 1.58 from steps 106,409 / 105,548 / 68,774 (the delivered
+    # coder became v3), ls-c8 1.70 -> 1.80 from 124,438; ls-c8 rolled back to step 120,561 with its centres frozen
+    # from there (two were merging: ls-c8-branch-120k-141k.md); a weights EMA from steps ~120k / 134k / 115k.
     "cpu-long": dict(N=64, steps=200000, batch_size=8, crop=128, photo_side=512, min_scale=1.0, lr=3e-4,
                      lr_schedule="cosine", warmup=500, extra_photos=True, threads=1, ckpt_minutes=5.0,
                      ckpt_every=10 ** 9, log_every=100, val_cpu_minutes=10.0,
-                     rate_scale={"ls-c8": 1.80, "ls-c16": 1.59, "ls-c32": 1.58}),
+                     rate_scale={"ls-c8": 1.80, "ls-c16": 1.59, "ls-c32": 1.58},
+                     freeze_centres_at={"ls-c8": 120561, "ls-c16": 0, "ls-c32": 0}, ema_decay=0.999),
     "smoke": dict(N=16, steps=8, batch_size=2, crop=64, photo_side=256, min_scale=0.5, lr=3e-4, lr_schedule="cosine",
                   warmup=2, max_photos=3, ckpt_every=4),
 }
@@ -235,14 +237,17 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
     photos = codec_data.load_training_photos(cfg.crop, cfg.photo_side, cfg.max_photos, device, cfg.extra_photos)
     resolved = {**asdict(cfg), "device_resolved": device, "precision_resolved": precision,
                 "n_photos": len(photos), "init_from_hash": init_hash, "torch_threads": torch.get_num_threads()}
-    meta = {}
+    meta, saved = {}, {}
     if resuming:
-        meta = load_checkpoint(out_dir, model, opt, gen)
+        meta = load_checkpoint(out_dir, model, opt, gen, saved)
         resolved["init_from_hash"] = meta.get("config", {}).get("init_from_hash")  # what the run started from
         if meta.get("config", {}).get("n_photos", len(photos)) != len(photos):  # e.g. a clone without the packages
             print(f"{out_dir}: resuming on {len(photos)} training photos, the run had "
                   f"{meta['config']['n_photos']}: it continues, but not exactly as it would have")
     step, elapsed, cpu_total = meta.get("step", 0), meta.get("elapsed", 0.0), meta.get("cpu_seconds", 0.0)
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    if ema and not ema.load(saved) and step:  # a run that gains an EMA mid-way: it averages from this step
+        print(f"{out_dir}: no weights EMA in the checkpoint of step {step}: it starts from these weights")
     steplog = StepLog(os.path.join(out_dir, "log.csv"), cfg.log_every, meta.get("steplog"))
     val = Validator(out_dir, cfg.codec.name, cfg.val_cpu_minutes, cfg.results_dir, meta.get("val_next_cpu"), step)
     bar = None
@@ -262,7 +267,8 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
     def checkpoint():
         wall, cpu, _ = clocks()
         extra = {"elapsed": wall, "cpu_seconds": cpu, "steplog": steplog.flush(), "val_next_cpu": val.next_cpu}
-        save_checkpoint(out_dir, step, model, opt, gen, resolved, extra, addressed=True)  # crash-safe (#29)
+        save_checkpoint(out_dir, step, model, opt, gen, resolved, extra, addressed=True,  # crash-safe (#29)
+                        extra_tensors=ema.tensors() if ema else None)
         try:
             plot_log(os.path.join(out_dir, "log.csv"), os.path.join(out_dir, "curves.png"))
         except Exception as e:  # a plot must never kill a training run
@@ -272,6 +278,8 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
     with stop:
         while step < end:
             model.quantizer.sigma = sigma_at(cfg, step)
+            # a frozen parameter gets no gradient, and Adam skips a parameter whose grad is None
+            model.quantizer.centres.requires_grad_(not (cfg.freeze_centres_at and step >= cfg.freeze_centres_at))
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
             x = sample_batch(photos, cfg, gen)
@@ -282,6 +290,8 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
             opt.zero_grad(set_to_none=True)
             t["loss"].backward()
             opt.step()
+            if ema:
+                ema.update(model)
             step += 1
             wall, cpu, cpu_here = clocks()
             steplog.add(step, {"loss": t["loss"].item(), "mse255": t["mse255"].item(),
@@ -298,7 +308,8 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
                       else None)
             if val.due(cpu) or (val.every and (reason in ("max_minutes", "max_cpu_seconds") or step == end)):
                 v0 = time.process_time()
-                val.run(model, step, cpu, wall)
+                with ema.applied(model) if ema else contextlib.nullcontext():
+                    val.run(model, step, cpu, wall, weights=f"ema {cfg.ema_decay:g}" if ema else "raw")
                 val_cpu += time.process_time() - v0
             timed = cfg.ckpt_minutes > 0 and time.time() - last_ckpt > 60 * cfg.ckpt_minutes
             if step % cfg.ckpt_every == 0 or step == end or reason or timed:
@@ -316,6 +327,8 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
     if (install_to or install_as) and step < end:  # stopped early: resume before installing
         result["installed"] = False
     elif install_to or install_as:
+        if ema:
+            ema.copy_to(model)  # the averaged weights are what is installed
         model = model.to(memory_format=torch.contiguous_format)
         model.update(*symbol_counts(model, photos, device))  # the frozen entropy models, then the new hash
         meta = {**result, "seed": cfg.seed, "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
@@ -349,7 +362,9 @@ def export_run(out_dir: str, path: str) -> dict:
     with open(os.path.join(out_dir, "ckpt.json")) as f:
         import json
         step = json.load(f)["step"]
-    r = train(replace(cfg, stop_at=step, max_minutes=0.0), out_dir, install_to=path, progress=False)
+    # no validation and no results folder: a copy's Validator would cut the live curve there back to its step
+    r = train(replace(cfg, stop_at=step, max_minutes=0.0, val_cpu_minutes=0.0, results_dir=""), out_dir,
+              install_to=path, progress=False)
     refit_tables(path)
     return r
 

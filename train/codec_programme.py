@@ -129,9 +129,31 @@ def point_status(run_dir: str) -> dict:
             rows = list(csv.DictReader(f))
         if rows:
             st["val"] = rows[-1]
+            st["trend"] = last_hour_trend(rows)
     except OSError:
         pass
     return st
+
+
+def last_hour_trend(rows: list[dict], hours: float = 1.0) -> dict:
+    """What validation gained over the last `hours` of training CPU: the least-squares slope of MS-SSIM and of
+    the delivered bpp over the val.csv rows in that window, times `hours` (empty with under 3 rows or under half
+    the window covered). Issue #29 closes a point when MS-SSIM gained < 0.002 in its last hour; one row is too
+    noisy for that (6 photos: rows scatter by ~0.003), and a rate that moved in the window moves MS-SSIM with it,
+    so the bpp trend stands beside it."""
+    pts = [(float(r["cpu_hours"]), float(r["msssim"]), float(r["bpp"])) for r in rows if r.get("msssim")]
+    if not pts:
+        return {}
+    end = pts[-1][0]
+    win = [p for p in pts if p[0] >= end - hours]
+    if len(win) < 3 or win[-1][0] - win[0][0] < hours / 2:
+        return {}
+
+    def slope(i: int) -> float:
+        xm = sum(p[0] for p in win) / len(win)
+        ym = sum(p[i] for p in win) / len(win)
+        return (sum((p[0] - xm) * (p[i] - ym) for p in win) / sum((p[0] - xm) ** 2 for p in win)) * hours
+    return {"msssim": slope(1), "bpp": slope(2), "rows": len(win)}
 
 
 def write_readme(root: str, recipe: str, chunk: float, points) -> None:
@@ -150,23 +172,33 @@ def write_readme(root: str, recipe: str, chunk: float, points) -> None:
              "committing the files of a running programme, pause it: ckpt.json names its tensors file and "
              "records its sha256; a crash mid-checkpoint keeps the previous pair whole, and a resume refuses a "
              "mismatched pair.", "",
+             "To export the points as they stand, measure them with `eval rd` beside the shipped codecs and install "
+             "those that beat them at equal rate (the old ones stay loadable as NAME@K): "
+             "`python -m latentstore_train.codec_finish --out runs/finish-DATE [--install]` (it copies each latest "
+             "checkpoint first, so the programme may go on).", "",
              f"Status ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); validation: 6 validation photos at "
              "512 px, "
              "delivered bpp through the real v2 coder and, since 2026-12-07, v3 (what `latentstore compress` writes; "
              "its tables fitted on 12 photos here, on all 38 in an export) "
              "(curves: benchmarks/results/codec_training/<point>-val.png):", "",
+             "The last two columns are the closure check of issue #29 (MS-SSIM gained < 0.002 in the last hour): "
+             "the least-squares trend of the validation rows over the last training CPU-hour, with the rate's "
+             "trend beside it (a rate that moved moves MS-SSIM too).", "",
              "| point | step | of | training CPU-hours | wall hours | val bpp v2 | val bpp v3 | paper bpp | PSNR | "
-             "MS-SSIM |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "MS-SSIM | MS-SSIM, last CPU-hour | bpp v2, last CPU-hour |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in points:
         st = point_status(os.path.join(root, name))
         if not st:
-            lines.append(f"| {name} | not started | | | | | | {OPERATING_POINTS[name][1]} | | |")
+            lines.append(f"| {name} | not started | | | | | | {OPERATING_POINTS[name][1]} | | | | |")
             continue
         v = st.get("val", {})
         fmt = (lambda k, p: f"{float(v[k]):.{p}f}" if v.get(k) else "")
+        t = st.get("trend", {})
+        trend = (f"{t['msssim']:+.4f} | {t['bpp']:+.3f}" if t else "(under half an hour of rows) |")
         lines.append(f"| {name} | {st['step']} | {st['steps']} | {st['cpu_hours']:.2f} | {st['wall_hours']:.2f} | "
                      f"{fmt('bpp', 3)} | {fmt('bpp_v3', 3)} | {OPERATING_POINTS[name][1]} | {fmt('psnr', 2)} | "
-                     f"{fmt('msssim', 4)} |")
+                     f"{fmt('msssim', 4)} | {trend} |")
     os.makedirs(root, exist_ok=True)
     tmp = os.path.join(root, f"README.md.tmp{os.getpid()}")  # workers write it too
     with open(tmp, "w") as f:

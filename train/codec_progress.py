@@ -135,7 +135,7 @@ class Validator:
     def due(self, train_cpu: float) -> bool:
         return self.every > 0 and train_cpu >= self.next_cpu
 
-    def run(self, model, step: int, train_cpu: float, wall: float) -> dict:
+    def run(self, model, step: int, train_cpu: float, wall: float, weights: str = "raw") -> dict:
         from latentstore.eval.validation import measure_codecs
         from latentstore_train.codec_data import symbol_counts
         t0 = time.process_time()
@@ -152,7 +152,8 @@ class Validator:
         row = {"step": step, "cpu_hours": round(train_cpu / 3600, 4), "wall_hours": round(wall / 3600, 4),
                "bpp": round(r["bpp"], 5), "psnr": round(r["psnr"], 3), "msssim": round(r["msssim"], 5),
                "bpp_marginal": round(float(bits) / 64.0, 5), "val_cpu_seconds": round(time.process_time() - t0, 2),
-               "bpp_v3": round(r["bpp_by_coder"]["latentstore.rans3"], 5)}  # added 2026-12-07: the delivered rate
+               "bpp_v3": round(r["bpp_by_coder"]["latentstore.rans3"], 5),  # added 2026-12-07: the delivered rate
+               "weights": weights}  # added 2026-12-07: "raw", or the EMA ("ema 0.999") that an export installs
         for p in self.paths:
             append_rows(p, [row])
         self.next_cpu = train_cpu + self.every

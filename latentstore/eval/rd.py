@@ -21,7 +21,7 @@ from ..codec.zoo import load_codec
 
 JPEG_QUALITIES = [1, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 75, 90]
 WEBP_QUALITIES = [0, 2, 5, 10, 20, 35, 50, 75, 90]
-JP2_RATIOS = [400, 250, 160, 100, 70, 48, 32, 20, 12, 8]  # compression ratios vs 24-bit RGB
+JP2_RATIOS = [800, 600, 400, 250, 160, 100, 70, 48, 32, 20, 12, 8]  # compression ratios vs 24-bit RGB (800: ~0.03 bpp)
 
 
 @dataclass
@@ -131,6 +131,19 @@ def _short(codec: str) -> str:
     return os.path.splitext(os.path.basename(codec))[0] if codec.endswith(".safetensors") else codec
 
 
+def _series(codec_names: list[str]) -> dict[str, list[str]]:
+    """The codecs drawn as one line each: codec files by their folder, shipped codecs by version (ls-c8 with
+    ls-c16, ls-c8@1 with ls-c16@1): one line through old and new weights zigzagged between them."""
+    groups: dict[str, list[str]] = {}
+    for c in codec_names:
+        if c.endswith(".safetensors"):
+            key = os.path.basename(os.path.dirname(os.path.abspath(c)))
+        else:
+            key = "shipped" + (f" @{c.split('@', 1)[1]}" if "@" in c else "")
+        groups.setdefault(key, []).append(c)
+    return groups
+
+
 def plot(pts: list[RDPoint], codec_names: list[str], path: str, title: str = "") -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -147,12 +160,18 @@ def plot(pts: list[RDPoint], codec_names: list[str], path: str, title: str = "")
                 ys.append(np.mean([getattr(p, key) for p in sel]))
             order = np.argsort(xs)
             ax.plot(np.array(xs)[order], np.array(ys)[order], style, ms=4, label=method, alpha=0.8)
-        xs = [np.mean([p.bpp for p in pts if p.method == c]) for c in codec_names]
-        ys = [np.mean([getattr(p, key) for p in pts if p.method == c]) for c in codec_names]
-        ax.plot(xs, ys, "*-", color="crimson", ms=12, label="latentstore (C=8/16/32)")
-        for c, x, y in zip(codec_names, xs, ys):
-            ax.annotate(_short(c), (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
-        ax.set_xlim(0, max(1.2, max(xs) * 1.5))
+        groups = _series(codec_names)
+        top = 0.0
+        for (group, names), colour in zip(groups.items(), ["crimson", "purple", "grey", "olive", "teal"] * 9):
+            xs = [np.mean([p.bpp for p in pts if p.method == c]) for c in names]
+            ys = [np.mean([getattr(p, key) for p in pts if p.method == c]) for c in names]
+            order = np.argsort(xs)
+            ax.plot(np.array(xs)[order], np.array(ys)[order], "*-", color=colour, ms=12,
+                    label="latentstore (C=8/16/32)" if len(groups) == 1 else f"latentstore: {group}")
+            for c, x, y in zip(names, xs, ys):
+                ax.annotate(_short(c), (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
+            top = max(top, max(xs))
+        ax.set_xlim(0, max(1.2, top * 1.5))
         ax.set_xlabel("bits per pixel (real bytes)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
