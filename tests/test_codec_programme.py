@@ -224,3 +224,30 @@ def test_frozen_centres_stop_moving_from_their_step_and_not_before(tmp_path):
     train(_cfg(stop_at=4, ckpt_every=1), str(tmp_path / "b"), progress=False)
     assert (centres(tmp_path / "a") == at2).all()  # steps 3 and 4 left them where step 2 did
     assert not (centres(tmp_path / "b") == at2).all()  # unfrozen, the same steps move them
+
+
+def test_a_resume_with_another_recipe_is_recorded_at_its_step_beside_the_curves_and_only_once(tmp_path):
+    from latentstore_train.codec_progress import merge_events, plot_val
+    res, run = tmp_path / "results", tmp_path / "r"
+    cfg = _cfg(stop_at=2, val_cpu_minutes=1e-9, results_dir=str(res))
+    train(cfg, str(run), progress=False)
+    assert not (run / "events.csv").exists()  # a fresh run has nothing to mark
+    train(dataclasses.replace(cfg, stop_at=3, rate_scale=1.3, ema_decay=0.9), str(run), progress=False)
+    rows = _rows(res / "ls-c8-events.csv")
+    assert [(r["step"], r["event"]) for r in rows] == [("2", "rate_scale 1.0 -> 1.3"), ("2", "ema_decay 0.0 -> 0.9")]
+    assert _rows(run / "events.csv") == rows and float(rows[0]["cpu_hours"]) > 0
+    train(dataclasses.replace(cfg, stop_at=4, rate_scale=1.3, ema_decay=0.9), str(run), progress=False)
+    assert _rows(res / "ls-c8-events.csv") == rows  # the checkpoint holds the new recipe now: nothing new
+    assert merge_events(rows, "step") == [(2.0, "step 2: rate_scale 1.0 -> 1.3; ema_decay 0.0 -> 0.9")]
+    (res / "ls-c8-val.png").unlink()
+    plot_val(str(res / "ls-c8-val.csv"), str(res / "ls-c8-val.png"), "ls-c8")
+    assert (res / "ls-c8-val.png").stat().st_size > 0
+
+
+def test_events_of_a_killed_resume_are_not_doubled_and_rows_past_the_resume_are_dropped(tmp_path):
+    from latentstore_train.codec_progress import record_events
+    path = str(tmp_path / "events.csv")
+    record_events([path], 5, 0.1, ["rate_scale 1.0 -> 1.3"])
+    record_events([path], 9, 0.2, ["lr 0.0003 -> 0.0001"])
+    record_events([path], 5, 0.1, ["rate_scale 1.0 -> 1.3"])  # killed after step 9's event, resumed at 5 again
+    assert [(r["step"], r["event"]) for r in _rows(path)] == [("5", "rate_scale 1.0 -> 1.3")]

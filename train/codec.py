@@ -99,10 +99,8 @@ RECIPES = {
     # makes a 30-MB checkpoint. H_t x rate_scale: the shipped codecs delivered 67% / 69% / 74% of the target rate
     # (the v2 context coder codes below the soft entropy the hinge sees), so the hinge aims that much higher.
     # ~200k steps is ~4.4 CPU-hours a point at the pilots' 12.6 steps per CPU-second.
-    # Changed mid-run (the steps, the measurements and why: results/codec_training/programme-NOTES.md):
-    # rate_scale 1.49 / 1.45 / 1.36 -> 1.70 / 1.59 / 1.58 from steps 106,409 / 105,548 / 68,774 (the delivered
-    # coder became v3), ls-c8 1.70 -> 1.80 from 124,438; ls-c8 rolled back to step 120,561 with its centres frozen
-    # from there (two were merging: ls-c8-branch-120k-141k.md); a weights EMA from steps ~120k / 134k / 115k.
+    # Changed mid-run: results/codec_training/<point>-events.csv has each change at its step (train() records
+    # them at resume), programme-NOTES.md the measurements and why (rate_scale from v3's bytes; ls-c8's rollback).
     "cpu-long": dict(N=64, steps=200000, batch_size=8, crop=128, photo_side=512, min_scale=1.0, lr=3e-4,
                      lr_schedule="cosine", warmup=500, extra_photos=True, threads=1, ckpt_minutes=5.0,
                      ckpt_every=10 ** 9, log_every=100, val_cpu_minutes=10.0,
@@ -250,6 +248,8 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
         print(f"{out_dir}: no weights EMA in the checkpoint of step {step}: it starts from these weights")
     steplog = StepLog(os.path.join(out_dir, "log.csv"), cfg.log_every, meta.get("steplog"))
     val = Validator(out_dir, cfg.codec.name, cfg.val_cpu_minutes, cfg.results_dir, meta.get("val_next_cpu"), step)
+    if resuming:  # a change of recipe, precision or device takes effect here: the validation plots mark it
+        val.record_changes(meta.get("config", {}), resolved, step, cpu_total / 3600)
     bar = None
     if progress:
         from tqdm import tqdm

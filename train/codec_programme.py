@@ -180,7 +180,8 @@ def write_readme(root: str, recipe: str, chunk: float, points) -> None:
              "512 px, "
              "delivered bpp through the real v2 coder and, since 2026-12-07, v3 (what `latentstore compress` writes; "
              "its tables fitted on 12 photos here, on all 38 in an export) "
-             "(curves: benchmarks/results/codec_training/<point>-val.png):", "",
+             "(curves: benchmarks/results/codec_training/<point>-val.png; the dotted lines there are the changes "
+             "of recipe, precision or device that a resume met, at their steps: <point>-events.csv):", "",
              "The last two columns are the closure check of issue #29 (MS-SSIM gained < 0.002 in the last hour): "
              "the least-squares trend of the validation rows over the last training CPU-hour, with the rate's "
              "trend beside it (a rate that moved moves MS-SSIM too).", "",

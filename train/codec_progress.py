@@ -13,6 +13,7 @@ import copy
 import csv
 import math
 import os
+import textwrap
 import time
 
 import numpy as np
@@ -132,6 +133,10 @@ class Validator:
         for p in self.paths:  # rows a killed run wrote after its last checkpoint are not the resumed run's
             keep_rows(p, lambda _, r: int(r["step"]) <= step)
 
+    def record_changes(self, old_config: dict, config: dict, step: int, train_cpu_hours: float) -> None:
+        """A resume at `step` with another recipe, precision or device: recorded beside the validation CSVs."""
+        record_events([events_path(p) for p in self.paths], step, train_cpu_hours, config_changes(old_config, config))
+
     def due(self, train_cpu: float) -> bool:
         return self.every > 0 and train_cpu >= self.next_cpu
 
@@ -164,7 +169,40 @@ class Validator:
         return row
 
 
-def plot_csv(csv_path: str, png_path: str, x_key: str, xlabel: str, panels, title: str = "", style: str = "-") -> None:
+# the resolved config's fields that change what training computes: a resume with any of them changed is an event
+EVENT_KEYS = ("steps", "batch_size", "crop", "lr", "lr_schedule", "warmup", "sigma_final", "photo_side", "min_scale",
+              "distortion", "msssim_weight", "mse_weight", "extra_photos", "n_photos", "rate_scale",
+              "freeze_centres_at", "ema_decay", "precision_resolved", "device_resolved")
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """'key old -> new' for every EVENT_KEYS field that differs between a checkpoint's config and the resumed one."""
+    return [f"{k} {old[k]} -> {new[k]}" for k in EVENT_KEYS if k in old and k in new and old[k] != new[k]]
+
+
+def record_events(paths: list[str], step: int, cpu_hours: float, changes: list[str]) -> None:
+    """The run's changes of recipe, precision or device, at the step they took effect, in each events CSV. Rows
+    past `step` are a killed run's (the resumed run is at `step`), and a change already recorded at `step` (a
+    resume killed before its next checkpoint) is not recorded twice."""
+    for p in paths:
+        keep_rows(p, lambda _, r: int(r["step"]) <= step)
+        have = set()
+        if os.path.exists(p):
+            with open(p, newline="") as f:
+                have = {r["event"] for r in csv.DictReader(f) if int(r["step"]) == step}
+        append_rows(p, [{"step": step, "cpu_hours": round(cpu_hours, 4), "event": c} for c in changes
+                        if c not in have])
+
+
+def read_events(csv_path: str) -> list[dict]:
+    if not os.path.exists(csv_path):
+        return []
+    with open(csv_path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_csv(csv_path: str, png_path: str, x_key: str, xlabel: str, panels, title: str = "", style: str = "-",
+             events: list[dict] | None = None) -> None:
     """One panel per (column, title) of a CSV against column `x_key`; a panel's column may be a tuple of columns
     (drawn together with a legend; empty cells, e.g. a column added later, are left out)."""
     if not os.path.exists(csv_path):  # no window of the log has closed yet
@@ -177,7 +215,11 @@ def plot_csv(csv_path: str, png_path: str, x_key: str, xlabel: str, panels, titl
     if not rows:
         return
     x = [float(r[x_key]) for r in rows]
-    fig, ax = plt.subplots(1, len(panels), figsize=(13, 3.5))
+    marks = merge_events(events or [], x_key)
+    legend = [line for i, (_, text) in enumerate(marks, 1)
+              for line in textwrap.wrap(f"{i}: {text}", 150, subsequent_indent="   ")]
+    height = 3.5 + 0.17 * len(legend)  # inches: the panels keep theirs, the legend lines go under them
+    fig, ax = plt.subplots(1, len(panels), figsize=(13, height))
     for a, (key, label) in zip(ax, panels):
         keys = key if isinstance(key, tuple) else (key,)
         for k in keys:
@@ -186,20 +228,41 @@ def plot_csv(csv_path: str, png_path: str, x_key: str, xlabel: str, panels, titl
                 a.plot(*zip(*pts), style, ms=3, label=k)
         if len(keys) > 1:
             a.legend(fontsize=8)
-        a.set_title(label)
+        for i, (xe, _) in enumerate(marks, 1):  # numbered dotted lines, explained under the panels
+            a.axvline(xe, color="grey", ls=":", lw=1)
+            a.annotate(str(i), (xe, 1.0), xycoords=("data", "axes fraction"), fontsize=7, ha="center", va="bottom")
+        a.set_title(label, pad=10 if marks else None)
         a.set_xlabel(xlabel)
         a.grid(alpha=0.3)
     if title:
         fig.suptitle(title.format(**rows[-1]))
     fig.tight_layout()
+    if legend:
+        fig.subplots_adjust(bottom=(0.6 + 0.17 * len(legend)) / height)
+        fig.text(0.01, 0.1 / height, "\n".join(legend), fontsize=8, va="bottom", family="monospace")
     fig.savefig(png_path, dpi=90)
     plt.close(fig)
+
+
+def merge_events(events: list[dict], x_key: str) -> list[tuple[float, str]]:
+    """One mark per step: (x, 'step S: change; change')."""
+    by_step: dict[int, list[str]] = {}
+    for e in events:
+        by_step.setdefault(int(e["step"]), []).append(e["event"])
+    x_of = {int(e["step"]): float(e[x_key]) for e in events}
+    return [(x_of[s], f"step {s:,}: " + "; ".join(by_step[s])) for s in sorted(by_step)]
+
+
+def events_path(val_csv: str) -> str:
+    """A validation CSV's events beside it: val.csv -> events.csv, NAME-val.csv -> NAME-events.csv."""
+    head, tail = os.path.split(val_csv)
+    return os.path.join(head, tail[: -len("val.csv")] + "events.csv")
 
 
 def plot_val(csv_path: str, png_path: str, name: str) -> None:
     plot_csv(csv_path, png_path, "cpu_hours", "training CPU-hours",
              [(("bpp", "bpp_v3"), "delivered bpp (bpp: v2, bpp_v3)"), ("psnr", "PSNR (dB)"), ("msssim", "MS-SSIM")],
-             name + ": validation (step {step}, {cpu_hours:.5} CPU-h)", "o-")
+             name + ": validation (step {step}, {cpu_hours:.5} CPU-h)", "o-", read_events(events_path(csv_path)))
 
 
 def plot_log(csv_path: str, png_path: str) -> None:
