@@ -251,3 +251,18 @@ def test_events_of_a_killed_resume_are_not_doubled_and_rows_past_the_resume_are_
     record_events([path], 9, 0.2, ["lr 0.0003 -> 0.0001"])
     record_events([path], 5, 0.1, ["rate_scale 1.0 -> 1.3"])  # killed after step 9's event, resumed at 5 again
     assert [(r["step"], r["event"]) for r in _rows(path)] == [("5", "rate_scale 1.0 -> 1.3")]
+
+
+def test_a_point_with_a_hold_file_is_left_alone_until_the_file_goes(tmp_path):
+    from latentstore_train.codec_programme import run_programme
+    root = tmp_path / "programme"
+    run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, chunks=2, results_dir="", points=("ls-c8", "ls-c16"))
+    (root / "ls-c8" / "HOLD").write_text("its latents saturate past the centres\n")
+    done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, chunks=2, results_dir="",
+                         points=("ls-c8", "ls-c16"))
+    assert [d["name"] for d in done] == ["ls-c16", "ls-c16"]
+    assert "**ls-c8 is held** (train/programme/ls-c8/HOLD): its latents saturate" in (root / "README.md").read_text()
+    (root / "ls-c8" / "HOLD").unlink()
+    done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, chunks=1, results_dir="",
+                         points=("ls-c8", "ls-c16"))
+    assert [(d["name"], d["steps"]) for d in done] == [("ls-c8", 2)]

@@ -47,7 +47,8 @@ def run_programme(root: str = ROOT, recipe: str = "cpu-long", chunk_cpu_minutes:
     write_readme(root, recipe, chunk_cpu_minutes, points)
     with StopSignals() as stop:
         while not stop.signum and (not chunks or len(done) < chunks):
-            pending = [name for name in least_trained_first(root, points) if not schedule_done(root, name)]
+            pending = [name for name in least_trained_first(root, points)
+                       if not schedule_done(root, name) and not held(os.path.join(root, name))]
             if not pending:
                 break
             r = None
@@ -67,6 +68,16 @@ def run_programme(root: str = ROOT, recipe: str = "cpu-long", chunk_cpu_minutes:
             if r["stopped_by"] == "signal":
                 break
     return done
+
+
+def held(run_dir: str) -> str:
+    """Why a point is held out of the programme: the text of the HOLD file in its folder ('' if none). Committed
+    with the checkpoint, so a fresh clone's resume leaves the point alone too; deleting the file releases it."""
+    path = os.path.join(run_dir, "HOLD")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return f.read().strip() or "held"
 
 
 def schedule_done(root: str, name: str) -> bool:
@@ -200,6 +211,8 @@ def write_readme(root: str, recipe: str, chunk: float, points) -> None:
         lines.append(f"| {name} | {st['step']} | {st['steps']} | {st['cpu_hours']:.2f} | {st['wall_hours']:.2f} | "
                      f"{fmt('bpp', 3)} | {fmt('bpp_v3', 3)} | {OPERATING_POINTS[name][1]} | {fmt('psnr', 2)} | "
                      f"{fmt('msssim', 4)} | {trend} |")
+    holds = [(name, held(os.path.join(root, name))) for name in points]
+    lines += [""] + [f"**{name} is held** (train/programme/{name}/HOLD): {why}" for name, why in holds if why]
     os.makedirs(root, exist_ok=True)
     tmp = os.path.join(root, f"README.md.tmp{os.getpid()}")  # workers write it too
     with open(tmp, "w") as f:
