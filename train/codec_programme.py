@@ -182,7 +182,8 @@ def write_readme(root: str, recipe: str, chunk: float, points) -> None:
              "checkpoints first). Before "
              "committing the files of a running programme, pause it: ckpt.json names its tensors file and "
              "records its sha256; a crash mid-checkpoint keeps the previous pair whole, and a resume refuses a "
-             "mismatched pair.", "",
+             "mismatched pair. A point whose folder holds a HOLD file is skipped (the file says why; delete it to "
+             "release the point).", "",
              "To export the points as they stand, measure them with `eval rd` beside the shipped codecs and install "
              "those that beat them at equal rate (the old ones stay loadable as NAME@K): "
              "`python -m latentstore_train.codec_finish --out runs/finish-DATE [--install]` (it copies each latest "
