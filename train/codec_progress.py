@@ -186,10 +186,7 @@ def record_events(paths: list[str], step: int, cpu_hours: float, changes: list[s
     resume killed before its next checkpoint) is not recorded twice."""
     for p in paths:
         keep_rows(p, lambda _, r: int(r["step"]) <= step)
-        have = set()
-        if os.path.exists(p):
-            with open(p, newline="") as f:
-                have = {r["event"] for r in csv.DictReader(f) if int(r["step"]) == step}
+        have = {r["event"] for r in read_events(p) if int(r["step"]) == step}
         append_rows(p, [{"step": step, "cpu_hours": round(cpu_hours, 4), "event": c} for c in changes
                         if c not in have])
 
