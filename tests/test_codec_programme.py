@@ -226,6 +226,30 @@ def test_frozen_centres_stop_moving_from_their_step_and_not_before(tmp_path):
     assert not (centres(tmp_path / "b") == at2).all()  # unfrozen, the same steps move them
 
 
+def test_a_sigma_hold_keeps_sigma_at_its_step_value_and_a_run_resumed_with_it_logs_that_sigma(tmp_path):
+    from latentstore_train.codec import sigma_at
+    cfg = _cfg(steps=100)
+    held = dataclasses.replace(cfg, sigma_hold_from=40)
+    assert [sigma_at(held, s) for s in (0, 39, 40)] == [sigma_at(cfg, s) for s in (0, 39, 40)]
+    assert sigma_at(held, 41) == sigma_at(held, 99) == sigma_at(cfg, 40) < sigma_at(cfg, 41)
+    train(_cfg(steps=8, stop_at=2), str(tmp_path / "r"), progress=False)
+    train(_cfg(steps=8, stop_at=5, sigma_hold_from=3), str(tmp_path / "r"), progress=False)
+    # row k: step k, trained at sigma_at(k - 1); held from step 3 on, the rows of steps 4 and 5 agree
+    sigmas = [float(r["sigma"]) for r in _rows(tmp_path / "r" / "log.csv")]
+    assert sigmas[0] < sigmas[1] < sigmas[2] < sigmas[3] == sigmas[4]
+
+
+def test_a_field_the_checkpoint_predates_counts_as_its_default_when_a_resume_compares_recipes(tmp_path):
+    run = tmp_path / "r"
+    train(_cfg(stop_at=2, val_cpu_minutes=1e-9, results_dir=str(tmp_path / "res")), str(run), progress=False)
+    meta = json.loads((run / "ckpt.json").read_text())
+    del meta["config"]["sigma_hold_from"]  # as a checkpoint written before the field existed
+    (run / "ckpt.json").write_text(json.dumps(meta))
+    train(_cfg(stop_at=3, val_cpu_minutes=1e-9, results_dir=str(tmp_path / "res"), sigma_hold_from=2), str(run),
+          progress=False)
+    assert [r["event"] for r in _rows(run / "events.csv")] == ["sigma_hold_from 0 -> 2"]
+
+
 def test_a_resume_with_another_recipe_is_recorded_at_its_step_beside_the_curves_and_only_once(tmp_path):
     from latentstore_train.codec_progress import merge_events, plot_val
     res, run = tmp_path / "results", tmp_path / "r"
@@ -257,11 +281,11 @@ def test_a_point_with_a_hold_file_is_left_alone_until_the_file_goes(tmp_path):
     from latentstore_train.codec_programme import run_programme
     root = tmp_path / "programme"
     run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, chunks=2, results_dir="", points=("ls-c8", "ls-c16"))
-    (root / "ls-c8" / "HOLD").write_text("its latents saturate past the centres\n")
+    (root / "ls-c8" / "HOLD").write_text("it degrades past step 136k\n")
     done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, chunks=2, results_dir="",
                          points=("ls-c8", "ls-c16"))
     assert [d["name"] for d in done] == ["ls-c16", "ls-c16"]
-    assert "**ls-c8 is held** (train/programme/ls-c8/HOLD): its latents saturate" in (root / "README.md").read_text()
+    assert "**ls-c8 is held** (train/programme/ls-c8/HOLD): it degrades past" in (root / "README.md").read_text()
     (root / "ls-c8" / "HOLD").unlink()
     done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, chunks=1, results_dir="",
                          points=("ls-c8", "ls-c16"))

@@ -3,9 +3,10 @@
 
 Data: random crops of the offline photos' training split (latentstore.data.photos), flips included.
 Loss (Torfason et al. eq. 1): MSE(x, x_hat) on the 0..255 scale + beta * max(H_soft - H_t, 0),
-with H_t = target_bpp * 64 / C bits per symbol.
+with H_t = target_bpp * 64 / C bits per symbol (latentstore_train.codec_loss).
 Sigma schedule: the soft assignment's sharpness rises geometrically from `sigma` to `sigma_final`
-over the run, so the soft histogram (the rate term) tracks the hard one ever more closely.
+over the run, so the soft histogram (the rate term) tracks the hard one ever more closely (`sigma_hold_from`
+stops it rising from a step on).
 Learning rate: `lr`, divided by 10 for the last 20% of steps (or a cosine schedule).
 Precision: bf16 autocast (channels_last) on CUDA and on CPUs with native bf16 (AVX512_BF16 / AMX), fp32
 elsewhere; the loss (MSE, MS-SSIM, the rate hinge) is always computed in fp32, outside autocast.
@@ -26,13 +27,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from latentstore.codec.model import CodecConfig, LatentCodec
 from latentstore.codec.entropy.rans_v2 import tables_from_counts
 from latentstore.codec.zoo import OPERATING_POINTS, save_codec
 from latentstore_train import codec_data
 from latentstore_train.codec_data import symbol_counts
+from latentstore_train.codec_loss import compression_loss, loss_terms  # noqa: F401 (joint, benchmarks)
 from latentstore.device import resolve_device
 from latentstore.errors import UsageError
 from latentstore_train.checkpoint import StopSignals, has_checkpoint, load_checkpoint, save_checkpoint
@@ -76,6 +77,7 @@ class CodecTrainConfig:
     rate_scale: float = 1.0  # H_t = rate_scale * target_bpp * 64 / C (> 1: the v2 coder delivers below H_soft)
     freeze_centres_at: int = 0  # from this step the quantizer's centres stop moving (0: never): stops two centres merging
     ema_decay: float = 0.0  # keep an EMA of the weights (0: none): validation measures it and an export installs it
+    sigma_hold_from: int = 0  # from this step sigma stays at its value there (0: it anneals to the last step)
 
 
 # Training recipes: what `latentstore train codec --all --recipe R` uses for every operating point.
@@ -105,7 +107,8 @@ RECIPES = {
                      lr_schedule="cosine", warmup=500, extra_photos=True, threads=1, ckpt_minutes=5.0,
                      ckpt_every=10 ** 9, log_every=100, val_cpu_minutes=10.0,
                      rate_scale={"ls-c8": 1.80, "ls-c16": 1.59, "ls-c32": 1.58},
-                     freeze_centres_at={"ls-c8": 120561, "ls-c16": 0, "ls-c32": 0}, ema_decay=0.999),
+                     freeze_centres_at={"ls-c8": 120561, "ls-c16": 0, "ls-c32": 0}, ema_decay=0.999,
+                     sigma_hold_from={"ls-c8": 128606, "ls-c16": 0, "ls-c32": 0}),
     "smoke": dict(N=16, steps=8, batch_size=2, crop=64, photo_side=256, min_scale=0.5, lr=3e-4, lr_schedule="cosine",
                   warmup=2, max_photos=3, ckpt_every=4),
 }
@@ -157,6 +160,8 @@ def train_all(out_root: str, recipe: str = "gpu", families=("mse",), install: bo
 
 
 def sigma_at(cfg: CodecTrainConfig, step: int) -> float:
+    if cfg.sigma_hold_from:
+        step = min(step, cfg.sigma_hold_from)
     t = min(1.0, step / max(1, cfg.steps))
     start = cfg.sigma_start or cfg.codec.sigma
     return start * (cfg.sigma_final / start) ** t
@@ -177,28 +182,6 @@ def load_training_photos(cfg: CodecTrainConfig, device: str = "cpu") -> list[tor
 
 def sample_batch(photos: list[torch.Tensor], cfg: CodecTrainConfig, gen: torch.Generator) -> torch.Tensor:
     return codec_data.sample_batch(photos, cfg.batch_size, cfg.crop, gen, cfg.min_scale)
-
-
-def compression_loss(out: dict, x: torch.Tensor, beta: float, target_bits: float) -> dict[str, torch.Tensor]:
-    """Torfason et al. eq. 1: MSE(x, x_hat) on the 0..255 scale + beta * max(H_soft - H_t, 0)."""
-    mse255 = F.mse_loss(out["x_hat"].float(), x) * (255.0 ** 2)
-    rate = torch.relu(out["entropy_soft"] - target_bits)
-    return {"loss": mse255 + beta * rate, "mse255": mse255, "rate_hinge": rate}
-
-
-def loss_terms(model: LatentCodec, x: torch.Tensor, distortion: str = "mse", msssim_weight: float = 3000.0,
-               mse_weight: float = 0.0, autocast=None, rate_scale: float = 1.0) -> dict:
-    """The training loss: eq. 1 (MSE), or with msssim_weight * (1 - MS-SSIM) [+ mse_weight * MSE] as the
-    distortion; H_t is the point's times rate_scale. The forward runs under `autocast` (a context; None: none),
-    the loss always in fp32."""
-    with autocast if autocast is not None else contextlib.nullcontext():
-        out = model(x)
-    c = compression_loss(out, x, model.cfg.beta, rate_scale * model.cfg.target_bits_per_symbol)
-    loss = c["loss"]
-    if distortion == "msssim":
-        loss = (msssim_weight * codec_data.msssim_distortion(out["x_hat"], x) + mse_weight * c["mse255"]
-                + model.cfg.beta * c["rate_hinge"])
-    return {"loss": loss, "mse255": c["mse255"], **out}
 
 
 def init_weights(model: LatentCodec, source: str) -> str:
@@ -249,7 +232,9 @@ def train(cfg: CodecTrainConfig, out_dir: str, install_to: str | None = None, pr
     steplog = StepLog(os.path.join(out_dir, "log.csv"), cfg.log_every, meta.get("steplog"))
     val = Validator(out_dir, cfg.codec.name, cfg.val_cpu_minutes, cfg.results_dir, meta.get("val_next_cpu"), step)
     if resuming:  # a change of recipe, precision or device takes effect here: the validation plots mark it
-        val.record_changes(meta.get("config", {}), resolved, step, cpu_total / 3600)
+        # a field the checkpoint's code did not have yet had its default then
+        val.record_changes({**asdict(CodecTrainConfig(codec=cfg.codec)), **meta.get("config", {})}, resolved, step,
+                           cpu_total / 3600)
     bar = None
     if progress:
         from tqdm import tqdm

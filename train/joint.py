@@ -34,7 +34,7 @@ from latentstore.errors import UsageError
 from latentstore.models.resnet import build
 from latentstore_train.checkpoint import has_checkpoint, load_checkpoint, read_model_weights, save_checkpoint
 from latentstore_train.common import init_dist as _dist, write_logs
-from latentstore_train.codec import compression_loss
+from latentstore_train.codec_loss import compression_loss
 
 
 @dataclass

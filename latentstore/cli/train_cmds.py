@@ -115,7 +115,7 @@ CODEC_RULES = {"steps": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "crop": (lambda 
                "ckpt_every": _AT_LEAST_1, "max_photos": _NON_NEGATIVE, "stop_at": _NON_NEGATIVE,
                "beta": _NON_NEGATIVE, "N": (lambda v: v >= 2 and v % 2 == 0, "an even number >= 2"),
                "max_cpu_seconds": _NON_NEGATIVE, "ckpt_minutes": _NON_NEGATIVE, "val_cpu_minutes": _NON_NEGATIVE,
-               "log_every": _AT_LEAST_1, "rate_scale": _POSITIVE}
+               "log_every": _AT_LEAST_1, "rate_scale": _POSITIVE, "sigma_hold_from": _NON_NEGATIVE}
 
 
 @train.command("classify", cls=LazyOptionsCommand)
