@@ -33,7 +33,7 @@ from latentstore.codec.entropy.rans_v2 import tables_from_counts
 from latentstore.codec.zoo import OPERATING_POINTS, save_codec
 from latentstore_train import codec_data
 from latentstore_train.codec_data import symbol_counts
-from latentstore_train.codec_loss import compression_loss, loss_terms  # noqa: F401 (joint, benchmarks)
+from latentstore_train.codec_loss import compression_loss, loss_terms  # noqa: F401 (benchmarks, tests)
 from latentstore.device import resolve_device
 from latentstore.errors import UsageError
 from latentstore_train.checkpoint import StopSignals, has_checkpoint, load_checkpoint, save_checkpoint
@@ -102,13 +102,14 @@ RECIPES = {
     # (the v2 context coder codes below the soft entropy the hinge sees), so the hinge aims that much higher.
     # ~200k steps is ~4.4 CPU-hours a point at the pilots' 12.6 steps per CPU-second.
     # Changed mid-run: results/codec_training/<point>-events.csv has each change at its step (train() records
-    # them at resume), programme-NOTES.md the measurements and why (rate_scale from v3's bytes; ls-c8's rollback).
-    "cpu-long": dict(N=64, steps=200000, batch_size=8, crop=128, photo_side=512, min_scale=1.0, lr=3e-4,
+    # them at resume), programme-NOTES.md the measurements and why (rate_scale from v3's bytes; ls-c8's rollback;
+    # ls-c8's lr / 3 from step 128,606, after two branches at 3e-4 degraded from ~136k: ls-c8-pilots-128k.md).
+    "cpu-long": dict(N=64, steps=200000, batch_size=8, crop=128, photo_side=512, min_scale=1.0,
+                     lr={"ls-c8": 1e-4, "ls-c16": 3e-4, "ls-c32": 3e-4},
                      lr_schedule="cosine", warmup=500, extra_photos=True, threads=1, ckpt_minutes=5.0,
                      ckpt_every=10 ** 9, log_every=100, val_cpu_minutes=10.0,
                      rate_scale={"ls-c8": 1.80, "ls-c16": 1.59, "ls-c32": 1.58},
-                     freeze_centres_at={"ls-c8": 120561, "ls-c16": 0, "ls-c32": 0}, ema_decay=0.999,
-                     sigma_hold_from={"ls-c8": 128606, "ls-c16": 0, "ls-c32": 0}),
+                     freeze_centres_at={"ls-c8": 120561, "ls-c16": 0, "ls-c32": 0}, ema_decay=0.999),
     "smoke": dict(N=16, steps=8, batch_size=2, crop=64, photo_side=256, min_scale=0.5, lr=3e-4, lr_schedule="cosine",
                   warmup=2, max_photos=3, ckpt_every=4),
 }
