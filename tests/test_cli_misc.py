@@ -138,6 +138,23 @@ def test_eval_rd_says_when_it_downscales(codec_path, tmp_path):
     assert "--max-side 0" in open(tmp_path / "rd" / "rd_scale.txt").read()
 
 
+def test_eval_rd_crop_measures_the_centre_square_at_full_resolution(codec_path, tmp_path):
+    from latentstore.eval.rd import centre_crop
+    from tests.badfiles import base_photo
+    img = base_photo(96)
+    Image.fromarray(img).save(tmp_path / "p.png")
+    h, w = img.shape[:2]
+    assert np.array_equal(centre_crop(img, 32), img[(h - 32) // 2:(h - 32) // 2 + 32, (w - 32) // 2:(w - 32) // 2 + 32])
+    assert centre_crop(img[:20], 32).shape[:2] == (20, min(32, w))  # a shorter side stays whole
+    res = CliRunner().invoke(main, ["eval", "rd", str(tmp_path / "p.png"), "--out", str(tmp_path / "rd"), "--codec",
+                                    codec_path, "--max-side", "0", "--crop", "32"])
+    assert res.exit_code == 0, res.output
+    assert "centre 32x32 crop (--crop)" in open(tmp_path / "rd" / "rd_scale.txt").read()
+    rows = list(csv.DictReader(open(tmp_path / "rd" / "rd_points.csv")))
+    for r in rows:  # bpp is 8 * bytes / pixels: every point measured the 32 x 32 crop, not the photo
+        assert round(8 * int(r["bytes"]) / float(r["bpp"])) in range(1020, 1029), r
+
+
 def test_decompress_writes_the_format_its_suffix_names(codec_path, tmp_path):
     from tests.badfiles import base_photo
     Image.fromarray(base_photo(48)).save(tmp_path / "p.png")

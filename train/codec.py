@@ -100,7 +100,9 @@ RECIPES = {
     # 10x fewer steps per CPU-second than 1 on the shared machine (so: one thread a process, --workers 2), N=128
     # makes a 30-MB checkpoint. H_t x rate_scale: the shipped codecs delivered 67% / 69% / 74% of the target rate
     # (the v2 context coder codes below the soft entropy the hinge sees), so the hinge aims that much higher.
-    # ~200k steps is ~4.4 CPU-hours a point at the pilots' 12.6 steps per CPU-second.
+    # 200k steps was planned as ~4.4 CPU-hours a point at the pilots' 12.6 steps per CPU-second (bf16, AVX-512);
+    # in fp32 on an AVX2-only machine (~1.5 steps per CPU-second) it is ~36 CPU-hours, so issue 29's budget ended
+    # mid-schedule (README, "Training the codecs").
     # Changed mid-run: results/codec_training/<point>-events.csv has each change at its step (train() records
     # them at resume), programme-NOTES.md the measurements and why (rate_scale from v3's bytes; ls-c8's rollback;
     # ls-c8's lr / 3 from step 128,606, after two branches at 3e-4 degraded from ~136k: ls-c8-pilots-128k.md).

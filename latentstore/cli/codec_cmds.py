@@ -166,10 +166,13 @@ def eval_group():
 @click.option("--codec", "codec_names", multiple=True, help="codecs to evaluate (default: all shipped)")
 @click.option("--max-side", default=512, show_default=True,
               help="downscale photos whose shorter side is longer than this (0: full size); the scale is printed")
+@click.option("--crop", default=0, show_default=True,
+              help="then measure each photo's centre CROP x CROP square (0: the whole photo); with --max-side 0, "
+                   "crops at full resolution")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="where the codecs and MS-SSIM run")
 @friendly
-def eval_rd(photos, out_dir, codec_names, max_side, device):
+def eval_rd(photos, out_dir, codec_names, max_side, crop, device):
     """Rate-distortion of the codecs against JPEG, JPEG 2000 and WebP on PHOTOS (default: the validation photos)."""
     from tqdm import tqdm
 
@@ -180,6 +183,8 @@ def eval_rd(photos, out_dir, codec_names, max_side, device):
     from ..eval.validation import load_photos
     if max_side < 0:
         raise UsageError(f"--max-side must be >= 0 (got {max_side})")
+    if crop < 0 or 0 < crop < 16:
+        raise UsageError(f"--crop must be 0 or at least 16 px (got {crop})")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"--out {out_dir}: exists and is not a folder")
     device = resolve_device(device)
@@ -195,6 +200,9 @@ def eval_rd(photos, out_dir, codec_names, max_side, device):
         raise UsageError("no photos: pass PHOTOS, or install the validation photo packages (see README)")
     items = [(n, resize_shorter(a, max_side) if max_side else a) for n, a in originals]
     scale = rd.scale_note(originals, items, max_side)
+    if crop:
+        items = [(n, rd.centre_crop(a, crop)) for n, a in items]
+        scale += f"; then each photo's centre {crop}x{crop} crop (--crop)"
     del originals  # full-size photos are tens of MB each
     click.echo(scale)
     bar = tqdm(total=len(items), desc="rd", unit="photo")

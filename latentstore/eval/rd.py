@@ -205,6 +205,14 @@ def format_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def centre_crop(rgb: np.ndarray, side: int) -> np.ndarray:
+    """The centre side x side square (each dimension kept whole where it is shorter than `side`)."""
+    h, w = rgb.shape[:2]
+    ch, cw = min(side, h), min(side, w)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(rgb[y:y + ch, x:x + cw])
+
+
 def scale_note(originals: list[tuple[str, np.ndarray]], scaled: list[tuple[str, np.ndarray]], max_side: int) -> str:
     """One line saying at what size the photos are measured: rates and quality depend on it."""
     def sizes(items):
