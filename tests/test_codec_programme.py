@@ -290,3 +290,19 @@ def test_a_point_with_a_hold_file_is_left_alone_until_the_file_goes(tmp_path):
     done = run_programme(str(root), "smoke", chunk_cpu_minutes=1e-9, chunks=1, results_dir="",
                          points=("ls-c8", "ls-c16"))
     assert [(d["name"], d["steps"]) for d in done] == [("ls-c8", 2)]
+
+
+def test_a_cooldown_takes_lr_from_its_scheduled_value_down_to_a_hundredth_and_a_resume_records_it(tmp_path):
+    from latentstore_train.codec import lr_at
+    cfg = _cfg(steps=1000, warmup=10)
+    cool = dataclasses.replace(cfg, cooldown_from=400, cooldown_steps=100)
+    assert [lr_at(cool, s) for s in (0, 399, 400)] == [lr_at(cfg, s) for s in (0, 399, 400)]  # continuous
+    assert lr_at(cool, 450) == pytest.approx((lr_at(cfg, 400) + cfg.lr / 100) / 2)
+    assert lr_at(cool, 500) == lr_at(cool, 900) == pytest.approx(cfg.lr / 100)
+    assert lr_at(cool, 500) < lr_at(cfg, 500)
+    run, res = tmp_path / "r", tmp_path / "res"
+    train(_cfg(steps=8, stop_at=2, results_dir=str(res)), str(run), progress=False)
+    train(_cfg(steps=8, stop_at=5, cooldown_from=2, cooldown_steps=2, results_dir=str(res)), str(run), progress=False)
+    assert [r["event"] for r in _rows(run / "events.csv")] == ["cooldown_from 0 -> 2", "cooldown_steps 10000 -> 2"]
+    lrs = [float(r["lr"]) for r in _rows(run / "log.csv")]  # row k trained at lr_at(k - 1)
+    assert lrs[3] < lrs[2] and lrs[4] == pytest.approx(cfg.lr / 100)

@@ -23,7 +23,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -78,6 +78,8 @@ class CodecTrainConfig:
     freeze_centres_at: int = 0  # from this step the quantizer's centres stop moving (0: never): stops two centres merging
     ema_decay: float = 0.0  # keep an EMA of the weights (0: none): validation measures it and an export installs it
     sigma_hold_from: int = 0  # from this step sigma stays at its value there (0: it anneals to the last step)
+    cooldown_from: int = 0  # from this step lr falls linearly to lr/100 over cooldown_steps (0: none): ends a long
+    cooldown_steps: int = 10000  # schedule early when the budget will not reach its end (sigma keeps its schedule)
 
 
 # Training recipes: what `latentstore train codec --all --recipe R` uses for every operating point.
@@ -102,7 +104,8 @@ RECIPES = {
     # (the v2 context coder codes below the soft entropy the hinge sees), so the hinge aims that much higher.
     # 200k steps was planned as ~4.4 CPU-hours a point at the pilots' 12.6 steps per CPU-second (bf16, AVX-512);
     # in fp32 on an AVX2-only machine (~1.5 steps per CPU-second) it is ~36 CPU-hours, so issue 29's budget ended
-    # mid-schedule (README, "Training the codecs").
+    # mid-schedule (README, "Training the codecs"); a cool-down from there (cooldown_from) gained nothing
+    # (results/codec_training/cooldown-pilot-2026-12-07/).
     # Changed mid-run: results/codec_training/<point>-events.csv has each change at its step (train() records
     # them at resume), programme-NOTES.md the measurements and why (rate_scale from v3's bytes; ls-c8's rollback;
     # ls-c8's lr / 3 from step 128,606, after two branches at 3e-4 degraded from ~136k: ls-c8-pilots-128k.md).
@@ -171,6 +174,9 @@ def sigma_at(cfg: CodecTrainConfig, step: int) -> float:
 
 
 def lr_at(cfg: CodecTrainConfig, step: int) -> float:
+    if cfg.cooldown_from and step >= cfg.cooldown_from:  # from the schedule's value there, continuously
+        start = lr_at(replace(cfg, cooldown_from=0), cfg.cooldown_from)
+        return start + (cfg.lr / 100 - start) * min(1.0, (step - cfg.cooldown_from) / max(1, cfg.cooldown_steps))
     if cfg.lr_schedule == "cosine":
         if step < cfg.warmup:
             return cfg.lr * (step + 1) / cfg.warmup
