@@ -11,16 +11,13 @@ Writes benchmarks/results/codec_training/closeup-<photo>-<codec>.png.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 
 import numpy as np
-from PIL import Image
-
 from latentstore.codec.api import compress, decompress
 from latentstore.data.photos import available_photos
 from latentstore.eval.metrics import psnr
-from latentstore.eval.rd import centre_crop
+from latentstore.eval.rd import _pillow_roundtrip, centre_crop
 
 OUT = os.path.join(os.path.dirname(__file__), "results", "codec_training")
 
@@ -28,10 +25,9 @@ OUT = os.path.join(os.path.dirname(__file__), "results", "codec_training")
 def classical_at_least(rgb: np.ndarray, fmt: str, min_bytes: int) -> tuple[int, int, np.ndarray]:
     """(quality, bytes, decoded) of the lowest quality whose file has at least `min_bytes` (the highest if none)."""
     for q in range(1, 101):
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format=fmt, quality=q, **({"method": 6} if fmt == "WEBP" else {}))
-        if buf.tell() >= min_bytes or q == 100:
-            return q, buf.tell(), np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        data, decoded = _pillow_roundtrip(rgb, fmt, quality=q, **({"method": 6} if fmt == "WEBP" else {}))
+        if len(data) >= min_bytes or q == 100:
+            return q, len(data), decoded
     raise AssertionError("unreachable")
 
 
