@@ -14,6 +14,7 @@ import argparse
 import os
 
 import numpy as np
+
 from latentstore.codec.api import compress, decompress
 from latentstore.data.photos import available_photos
 from latentstore.eval.metrics import psnr

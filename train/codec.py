@@ -78,8 +78,8 @@ class CodecTrainConfig:
     freeze_centres_at: int = 0  # from this step the quantizer's centres stop moving (0: never): stops two centres merging
     ema_decay: float = 0.0  # keep an EMA of the weights (0: none): validation measures it and an export installs it
     sigma_hold_from: int = 0  # from this step sigma stays at its value there (0: it anneals to the last step)
-    cooldown_from: int = 0  # from this step lr falls linearly to lr/100 over cooldown_steps (0: none): ends a long
-    cooldown_steps: int = 10000  # schedule early when the budget will not reach its end (sigma keeps its schedule)
+    cooldown_from: int = 0  # from this step lr falls linearly to lr/100 over cooldown_steps (0: none): ends a
+    cooldown_steps: int = 10000  # long schedule early when the budget won't reach its end (sigma keeps its own)
 
 
 # Training recipes: what `latentstore train codec --all --recipe R` uses for every operating point.
@@ -348,7 +348,6 @@ def run_config(out_dir: str) -> CodecTrainConfig:
 def export_run(out_dir: str, path: str) -> dict:
     """Write a run's latest checkpoint as a codec file, as it stands (e.g. stopped by max_minutes), to evaluate it
     before deciding to install it; its v2 tables are then refitted as the shipped codecs' were (refit_tables)."""
-    from dataclasses import replace
     from latentstore_train.checkpoint import has_checkpoint as _has
     if not _has(out_dir):
         raise UsageError(f"{out_dir}: no checkpoint to export")

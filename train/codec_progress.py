@@ -172,8 +172,8 @@ class Validator:
 # the resolved config's fields that change what training computes: a resume with any of them changed is an event
 EVENT_KEYS = ("steps", "batch_size", "crop", "lr", "lr_schedule", "warmup", "sigma_final", "photo_side", "min_scale",
               "distortion", "msssim_weight", "mse_weight", "extra_photos", "n_photos", "rate_scale",
-              "freeze_centres_at", "ema_decay", "sigma_hold_from", "cooldown_from", "cooldown_steps", "precision_resolved",
-              "device_resolved")
+              "freeze_centres_at", "ema_decay", "sigma_hold_from", "cooldown_from", "cooldown_steps",
+              "precision_resolved", "device_resolved")
 
 
 def config_changes(old: dict, new: dict) -> list[str]:
